@@ -1,0 +1,466 @@
+"""Label every head ``shift``, ``broadcast`` or ``neither`` from pattern scores, weight evidence and causal evidence.
+
+    records = label_heads(model, batch, task=task)          # with a task: counterfactual patching
+    records = label_heads(model, tokens)                    # no task: ablation KL on the model's own output
+    analysis = analyse_heads(model, batch, task=task)       # records + head groups + thresholds
+
+The rule (docs/concepts.md gives the reasons and the measurements behind each threshold):
+
+1. **Pattern role.** ``shift_pattern = max(shift, task_shift)`` and ``broadcast_pattern =
+   max(broadcast, task_broadcast)`` (:mod:`anchor_interp.patterns`). A role is a *candidate* when its
+   pattern score is at least ``Thresholds.pattern``.
+2. **Causal effect of each role.** With a task: the head's output (``blocks.L.attn.hook_z``) patched
+   from the clean run into the counterfactual run, normalised ``(patched - corrupt) / (clean -
+   corrupt)`` of the logit difference: ``anchor_move`` for shift, ``key_swap`` for broadcast. Without
+   a task: ``KL(p || p_ablated)`` over all positions when the head alone is mean-ablated, divided by the
+   KL when every head is mean-ablated (the same number for both roles).
+3. **Label.** A candidate whose effect is at least ``Thresholds.effect`` (no task:
+   ``Thresholds.kl_share``) is confirmed; the confirmed
+   role with the higher pattern score is the label (``offset`` = the best shift offset). A head with a
+   candidate role but no confirmed one is ``neither`` / ``inert`` with a note. Otherwise ``neither`` with
+   kind ``sink`` or ``self`` (score >= ``Thresholds.kind``), else ``uniform`` (uniform >=
+   ``Thresholds.uniform``), else ``other``.
+4. **Groups.** For each role and layer, the heads that are candidates but not confirmed alone (at
+   least two) are mean-ablated together; if that removes at least ``Thresholds.group_effect`` of the
+   behaviour (task: relative held-out accuracy drop; no task: the KL share) they form a group
+   ``"<role>_L<layer>"``: each member is labelled with the role, ``group`` set, and a note. Heads that are
+   confirmed alone and share a layer and role are also reported as a group with their joint effect.
+5. **Confidence** in [0, 1]: for a label, ``sqrt(min(1, pattern / 0.5) * min(1, effect / 0.5))`` (a
+   pattern score or effect of 0.5 counts as full evidence); for ``inert``, ``min(1, pattern / 0.5) *
+   (1 - effect / Thresholds.effect)``; for the other kinds, ``0.5 * kind_score + 0.5 * (1 -
+   max_role_pattern / Thresholds.pattern)`` (clipped).
+
+Raises ValueError for bad inputs (messages name the parameter), for a task batch whose counterfactual
+cannot be built, and for thresholds outside [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anchor_interp.ablation import ablate, per_head_ablation
+from anchor_interp.patterns import (
+    _check_tokens,
+    attention_patterns,
+    is_causal,
+    pattern_scores,
+    task_pattern_scores,
+)
+from anchor_interp.weights import (
+    direct_logit_attribution,
+    dla_share,
+    ov_copying_score,
+    qk_positional_preference,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "HeadAnalysis",
+    "HeadGroup",
+    "HeadRecord",
+    "LABELS",
+    "NEITHER_KINDS",
+    "Thresholds",
+    "analyse_heads",
+    "head_name",
+    "label_heads",
+]
+
+LABELS = ("shift", "broadcast", "neither")
+NEITHER_KINDS = ("sink", "self", "uniform", "inert", "other")
+ROLE_COUNTERFACTUAL = {"shift": "anchor_move", "broadcast": "key_swap"}
+FULL_EVIDENCE = 0.5
+
+
+def head_name(layer: int, head: int) -> str:
+    """``L{layer}H{head}``."""
+    return f"L{layer}H{head}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds, each in [0, 1] (justified in docs/concepts.md).
+
+    ``pattern``: least role pattern score for a candidate; ``effect``: least causal effect (normalised
+    patching) to confirm a role with a task; ``kl_share``: the same without a task (share of the KL of
+    ablating every head); ``group_effect``: least joint effect of a group; ``kind``: least sink/self score for that kind;
+    ``uniform``: least uniform score for kind ``uniform``; ``min_logit_gap``: least clean-vs-corrupt
+    logit difference (logits, not in [0, 1]) for patching to count: below it the model does not tell
+    the two answers apart and every effect is set to 0.
+    """
+
+    pattern: float = 0.2
+    effect: float = 0.1
+    kl_share: float = 0.05
+    group_effect: float = 0.5
+    kind: float = 0.5
+    uniform: float = 0.8
+    min_logit_gap: float = 1.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "min_logit_gap":
+                if not (isinstance(v, (int, float)) and v >= 0):
+                    raise ValueError(f"thresholds.min_logit_gap: must be a number >= 0, got {v!r}")
+            elif not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ValueError(f"thresholds.{f.name}: must be a number in [0, 1], got {v!r}")
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclass
+class HeadRecord:
+    """One head's label and its evidence (docs/interfaces.md). ``to_dict`` / ``from_dict`` are JSON-safe."""
+
+    layer: int
+    head: int
+    name: str
+    label: str
+    offset: int | None
+    kind: str | None
+    scores: dict[str, float]
+    causal_effect: float
+    counterfactual: str
+    confidence: float
+    group: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scores"] = {k: _finite(v) for k, v in self.scores.items()}
+        d["causal_effect"] = _finite(self.causal_effect)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadRecord:
+        known = {f.name for f in fields(cls)}
+        missing = known - set(d) - {"group", "notes"}
+        if missing:
+            raise ValueError(f"HeadRecord.from_dict: missing fields {sorted(missing)}")
+        kw = {k: d[k] for k in known if k in d}
+        kw["scores"] = {k: (math.nan if v is None else float(v)) for k, v in kw["scores"].items()}
+        kw["causal_effect"] = math.nan if kw["causal_effect"] is None else float(kw["causal_effect"])
+        kw["notes"] = list(kw.get("notes") or [])
+        return cls(**kw)
+
+
+@dataclass
+class HeadGroup:
+    """Heads that carry one operation together: ``joint_effect`` is the effect of ablating them all
+    (``metric``: ``"accuracy_drop"`` = relative held-out accuracy drop, or ``"kl_share"``);
+    ``individual_effects`` the same measure per head alone; ``needed_together`` says no head alone
+    reached ``Thresholds.group_effect`` while the group did."""
+
+    name: str
+    label: str
+    heads: list[str]
+    joint_effect: float
+    metric: str
+    individual_effects: dict[str, float]
+    needed_together: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["joint_effect"] = _finite(self.joint_effect)
+        d["individual_effects"] = {k: _finite(v) for k, v in self.individual_effects.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadGroup:
+        return cls(d["name"], d["label"], list(d["heads"]), d["joint_effect"], d["metric"],
+                   dict(d.get("individual_effects", {})), bool(d.get("needed_together", False)))
+
+
+@dataclass
+class HeadAnalysis:
+    """``records`` (one per head, ordered by layer, head), ``groups``, the ``thresholds`` used, and
+    ``baseline`` facts (accuracy, logit gaps, KL of ablating everything)."""
+
+    records: list[HeadRecord]
+    groups: list[HeadGroup]
+    thresholds: Thresholds
+    baseline: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "heads": [r.to_dict() for r in self.records],
+            "groups": [g.to_dict() for g in self.groups],
+            "thresholds": asdict(self.thresholds),
+            "baseline": {k: _finite(v) for k, v in self.baseline.items()},
+        }
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _clip01(x: float) -> float:
+    return 0.0 if not math.isfinite(x) else max(0.0, min(1.0, x))
+
+
+def label_heads(
+    model,
+    tokens,
+    task=None,
+    *,
+    n_samples: int | None = None,
+    seed: int = 0,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    method: str = "mean",
+) -> list[HeadRecord]:
+    """One :class:`HeadRecord` per head, ordered by (layer, head); see the module docstring for the rule.
+
+    ``tokens``: a token tensor ``[batch, seq]`` or, with a task, preferably the task's ``Batch`` (it
+    carries the anchor and key positions). With a task and a bare tensor, a held-out batch of
+    ``n_samples`` (default: as many rows as ``tokens``) is sampled from the task with ``seed`` instead.
+    ``method``: ablation method for groups and the no-task KL (``"mean"``, ``"zero"``, ``"resample"``).
+    """
+    return analyse_heads(model, tokens, task, n_samples=n_samples, seed=seed, thresholds=thresholds,
+                         method=method).records
+
+
+def _task_batch(tokens, task, n_samples, seed):
+    from anchor_interp.tasks import Batch
+
+    if isinstance(tokens, Batch):
+        return tokens, []
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens: expected a Batch or a [batch, seq] token tensor, got {type(tokens).__name__}")
+    n = int(n_samples or tokens.shape[0])
+    note = (f"tokens were a bare tensor: labelled on {n} held-out rows sampled from task {task.name!r} "
+            f"with seed {seed} (pass the Batch to use your own rows)")
+    return task.sample(n, split="test", seed=seed, device=tokens.device), [note]
+
+
+def analyse_heads(
+    model,
+    tokens,
+    task=None,
+    *,
+    n_samples: int | None = None,
+    seed: int = 0,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    method: str = "mean",
+) -> HeadAnalysis:
+    """Like :func:`label_heads`, and also return the head groups, thresholds and baselines."""
+    if not isinstance(thresholds, Thresholds):
+        raise ValueError(f"thresholds: expected a Thresholds instance, got {type(thresholds).__name__}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed: must be an int, got {seed!r}")
+    cfg = model.cfg
+    causal = is_causal(model)
+    global_notes: list[str] = []
+    batch = None
+    if task is not None:
+        batch, global_notes = _task_batch(tokens, task, n_samples, seed)
+        tokens = batch.tokens
+    _check_tokens(model, tokens)
+
+    with torch.no_grad():
+        pats = attention_patterns(model, tokens)  # (B, L, H, T, T)
+    ps = pattern_scores(pats, causal)
+    ts = task_pattern_scores(pats, batch.anchor_pos, batch.key_pos, causal) if batch is not None else None
+    del pats
+
+    token_ids = None
+    if task is not None:
+        ids = [t for t in task.target_ids() if t < cfg.d_vocab]
+        token_ids = ids if len(ids) >= 2 else None
+    ov = ov_copying_score(model, token_ids)
+    qk_offset, qk_score = qk_positional_preference(model)
+
+    baseline: dict[str, float] = {}
+    effects: dict[str, Tensor] = {}
+    last_share = None
+    if batch is not None:
+        answers = batch.targets.clamp_min(0)
+        dla = dla_share(direct_logit_attribution(model, tokens, answers))
+        abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed)
+        base_acc = float(abl["base_accuracy"])
+        baseline["accuracy"] = base_acc
+        acc_drop = ((base_acc - abl["accuracy"]) / base_acc).clamp(0, 1) if base_acc > 0 else torch.zeros_like(abl["accuracy"])
+        from anchor_interp.patching import patch_head_out
+
+        for role, cf in ROLE_COUNTERFACTUAL.items():
+            corrupt = task.counterfactual(batch, cf, seed=seed + 1)
+            res = patch_head_out(model, batch, corrupt, metric="logit_diff", counterfactual=cf)
+            gap = float(res.clean_value - res.corrupt_value)
+            baseline[f"logit_gap_{cf}"] = gap
+            vals = res.values.float().cpu()
+            if not math.isfinite(gap) or abs(gap) < thresholds.min_logit_gap:
+                global_notes.append(
+                    f"{cf}: the model barely separates clean and corrupt answers (logit gap {gap:.3g} < "
+                    f"{thresholds.min_logit_gap}); its patching effects are set to 0"
+                )
+                vals = torch.zeros_like(vals)
+            effects[role] = torch.nan_to_num(vals, nan=0.0)
+        # where the key lives in each head's output: key_swap patching one position at a time
+        corrupt = task.counterfactual(batch, "key_swap", seed=seed + 1)
+        by_pos = patch_head_out(model, batch, corrupt, metric="logit_diff", by_pos=True, counterfactual="key_swap")
+        by_pos = torch.nan_to_num(by_pos.values.float().cpu(), nan=0.0).abs()  # (L, H, T)
+        total = by_pos.sum(-1)
+        last_share = torch.where(total > 1e-9, by_pos[..., -1] / total.clamp_min(1e-9), torch.full_like(total, math.nan))
+        group_metric = "accuracy_drop"
+    else:
+        dla = None
+        abl = per_head_ablation(model, tokens, method=method, seed=seed, positions="all")
+        every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+        kl_all = ablate(model, tokens, every, method=method, seed=seed, positions="all").kl
+        baseline["kl_all_heads"] = kl_all
+        share = (abl["kl"] / kl_all).clamp(0, 1) if kl_all > 1e-9 else torch.zeros_like(abl["kl"])
+        effects = {"shift": share, "broadcast": share}
+        acc_drop = share
+        group_metric = "kl_share"
+
+    records: list[HeadRecord] = []
+    role_pattern: dict[tuple[int, int], dict[str, float]] = {}
+    pattern_offset: dict[tuple[int, int], int] = {}
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+            scores = ps.head(layer, head)
+            shift_pat, offset = scores["shift"], int(ps.shift_offset[layer, head])
+            bc_pat = scores["broadcast"]
+            if ts is not None:
+                for k in ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
+                          "key_column", "anchor_column", "task_shift", "task_broadcast"):
+                    scores[k] = float(ts[k][layer, head])
+                if scores["task_shift"] > shift_pat:
+                    shift_pat, offset = scores["task_shift"], int(ts["task_shift_offset"][layer, head])
+                bc_pat = max(bc_pat, scores["task_broadcast"])
+            scores["shift_pattern"], scores["broadcast_pattern"] = shift_pat, bc_pat
+            scores["ov_copying"] = float(ov[layer, head])
+            scores["qk_positional_shift"] = float(qk_score[layer, head])
+            if dla is not None:
+                scores["dla_share"] = float(dla[layer, head])
+                scores["ablation_accuracy_drop"] = _clip01(float(acc_drop[layer, head]))
+                for role, cf in ROLE_COUNTERFACTUAL.items():
+                    scores[f"patch_{cf}"] = _clip01(float(effects[role][layer, head]))
+            else:
+                scores["ablation_kl_share"] = _clip01(float(acc_drop[layer, head]))
+            location = None
+            if last_share is not None and math.isfinite(float(last_share[layer, head])):
+                location = float(last_share[layer, head])
+                scores["key_swap_last_share"] = location
+            pat = {"shift": shift_pat, "broadcast": bc_pat}
+            role_pattern[(layer, head)] = pat
+            pattern_offset[(layer, head)] = offset
+            eff = {role: float(effects[role][layer, head]) for role in pat}
+            rec = _decide(layer, head, scores, pat, eff, offset, int(qk_offset[layer, head]), thresholds,
+                          task is not None, location)
+            records.append(rec)
+
+    groups = _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, acc_drop, thresholds,
+                          method, seed, group_metric, baseline)
+    for rec in records:
+        rec.notes = global_notes + rec.notes
+    return HeadAnalysis(records, groups, thresholds, baseline)
+
+
+def _decide(layer, head, scores, pat, eff, offset, qk_offset, th: Thresholds, has_task: bool,
+            location: float | None) -> HeadRecord:
+    name = head_name(layer, head)
+    cf_of = (lambda role: ROLE_COUNTERFACTUAL[role]) if has_task else (lambda role: "ablation_kl")
+    candidates = [r for r in ("shift", "broadcast") if pat[r] >= th.pattern]
+    effect_min = th.effect if has_task else th.kl_share
+    confirmed = [r for r in candidates if eff[r] >= effect_min]
+    notes: list[str] = []
+    if confirmed:
+        role = max(confirmed, key=lambda r: pat[r])
+        if len(confirmed) == 2 and location is not None and eff["broadcast"] >= effect_min:
+            # both patterns and both effects: decide by where the head's output carries the key
+            role = "broadcast" if location >= 0.5 else "shift"
+            notes.append(
+                f"looks like both shift and broadcast; {location:.0%} of its key_swap effect is at the last "
+                f"position, so it is labelled {role}"
+            )
+        conf = math.sqrt(min(1.0, pat[role] / FULL_EVIDENCE) * min(1.0, max(eff[role], 0.0) / FULL_EVIDENCE))
+        if role == "shift" and qk_offset != offset and scores["qk_positional_shift"] >= th.pattern:
+            notes.append(f"positional QK prefers offset {qk_offset}, the pattern offset {offset}")
+        return HeadRecord(layer, head, name, role, offset if role == "shift" else None, None, scores,
+                          eff[role], cf_of(role), _clip01(conf), None, notes)
+    if candidates:
+        role = max(candidates, key=lambda r: pat[r])
+        what = f"shift({offset:+d})" if role == "shift" else "broadcast"
+        how = f"patching ({cf_of(role)})" if has_task else "ablation"
+        notes.append(
+            f"pattern looks like {what} (score {pat[role]:.2f}) but {how} changes little "
+            f"(effect {eff[role]:.3f} < {effect_min})"
+        )
+        conf = min(1.0, pat[role] / FULL_EVIDENCE) * _clip01(1.0 - max(eff[role], 0.0) / effect_min)
+        return HeadRecord(layer, head, name, "neither", None, "inert", scores, eff[role], cf_of(role),
+                          _clip01(conf), None, notes)
+    max_role = max(pat.values())
+    not_role = _clip01(1.0 - max_role / th.pattern) if th.pattern > 0 else 0.0
+    kinds = {"sink": scores["sink"], "self": scores["self"]}
+    best = max(kinds, key=kinds.get)
+    if kinds[best] >= th.kind:
+        kind, kind_score = best, kinds[best]
+    elif scores["uniform"] >= th.uniform:
+        kind, kind_score = "uniform", scores["uniform"]
+    else:
+        kind, kind_score = "other", 0.0
+    role = max(pat, key=pat.get)
+    return HeadRecord(layer, head, name, "neither", None, kind, scores, eff[role], cf_of(role),
+                      _clip01(0.5 * kind_score + 0.5 * not_role), None, notes)
+
+
+def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, single_effect, th, method, seed,
+                 metric, baseline):
+    cfg = model.cfg
+    by_name = {(r.layer, r.head): r for r in records}
+    groups: list[HeadGroup] = []
+
+    def joint(heads) -> float:
+        if batch is not None:
+            r = ablate(model, tokens, heads, targets=batch.targets, method=method, seed=seed)
+            return _clip01((r.base_accuracy - r.accuracy) / r.base_accuracy) if r.base_accuracy > 0 else 0.0
+        r = ablate(model, tokens, heads, method=method, seed=seed, positions="all")
+        kl_all = baseline.get("kl_all_heads", 0.0)
+        return _clip01(r.kl / kl_all) if kl_all > 1e-9 else 0.0
+
+    def _group_layer(heads, role, name):
+        confirmed = [h for h in heads if by_name[h].label == role]
+        weak = [h for h in heads if by_name[h].label == "neither" and role_pattern[h][role] >= th.pattern]
+        if len(weak) >= 2:
+            effect = joint(weak)
+            singles = {head_name(*h): float(single_effect[h]) for h in weak}
+            if effect >= th.group_effect and max(singles.values()) < th.group_effect:
+                groups.append(HeadGroup(name, role, [head_name(*h) for h in weak], effect, metric, singles, True))
+                members = ", ".join(head_name(*h) for h in weak)
+                for h in weak:
+                    rec = by_name[h]
+                    rec.label, rec.kind, rec.group = role, None, name
+                    rec.offset = pattern_offset[h] if role == "shift" else None
+                    rec.notes = [n for n in rec.notes if not n.startswith("pattern looks like")]
+                    rec.notes.append(
+                        f"carries {role} only together with the other heads of group {name} ({members}): "
+                        f"joint {metric} {effect:.2f}, this head alone {singles[head_name(*h)]:.2f}"
+                    )
+                    rec.confidence = _clip01(0.8 * math.sqrt(
+                        min(1.0, role_pattern[h][role] / FULL_EVIDENCE) * min(1.0, effect / FULL_EVIDENCE)))
+                return
+        if len(confirmed) >= 2:
+            effect = joint(confirmed)
+            singles = {head_name(*h): float(single_effect[h]) for h in confirmed}
+            needed = effect >= th.group_effect and max(singles.values()) < th.group_effect
+            groups.append(HeadGroup(name, role, [head_name(*h) for h in confirmed], effect, metric, singles, needed))
+            for h in confirmed:
+                by_name[h].group = name
+
+    for role in ("shift", "broadcast"):
+        for layer in range(cfg.n_layers):
+            # shift heads group by offset: two heads moving tokens by different offsets are two operations
+            keys = sorted({pattern_offset[(layer, h)] for h in range(cfg.n_heads)}) if role == "shift" else [None]
+            for key in keys:
+                heads = [(layer, h) for h in range(cfg.n_heads) if key is None or pattern_offset[(layer, h)] == key]
+                suffix = "" if key is None else f"_offset{key:+d}"
+                _group_layer(heads, role, f"{role}_L{layer}{suffix}")
+    return groups

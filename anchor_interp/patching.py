@@ -1,0 +1,943 @@
+"""Activation patching: run the corrupted input, patch in clean activations, measure a metric.
+
+Conventions (the same as ``transformer_lens.patching``, see docs/patching.md):
+
+- every function takes a **clean** and a **corrupted** input, row-paired: either two ``Batch``es
+  (``task.sample`` and ``task.counterfactual``) or two token tensors ``[batch, seq]``;
+- the model runs on the corrupted input and one site at a time (a residual position, a head, a head
+  at one position, ...) is replaced by its value from the clean run;
+- the metric is measured at the **last position** and averaged over the batch;
+- normalised values are ``(patched - corrupt) / (clean - corrupt)``: 1 = the patch restores the
+  clean behaviour fully, 0 = no effect.
+
+Nothing here calls ``transformer_lens.patching``: all patched variants of one layer are stacked
+along the batch dimension (chunked by ``max_batch``), each forward starts at the patched layer from
+cached activations, the last block computes only the last query row, and no gradients are kept.
+Only the hooks a sweep needs are cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+METRICS = ("logit_diff", "accuracy", "kl")
+QKV = ("q", "k", "v")
+DEFAULT_MAX_BATCH = 4096  # most sequences (patched variants x batch rows) in one forward pass
+
+# A metric callable, as in transformer_lens.patching: logits [batch, pos, d_vocab] -> scalar tensor.
+MetricFn = Callable[[Tensor], Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class PatchResult:
+    """Metric per patched site.
+
+    ``values`` has one dimension per entry of ``axes`` (axis names from docs/interfaces.md);
+    ``hook_names`` are the TransformerLens hooks that were patched; ``metric`` is ``"logit_diff"``,
+    ``"accuracy"``, ``"kl"`` or ``"custom"``; ``normalised`` says whether ``values`` are
+    ``(patched - corrupt) / (clean - corrupt)``. ``clean_value`` / ``corrupt_value`` are the raw
+    metric of the unpatched clean and corrupted runs; ``method`` is ``"exact"`` (activation
+    patching) or ``"attribution"`` (gradient approximation).
+    """
+
+    values: Tensor
+    axes: tuple[str, ...]
+    hook_names: tuple[str, ...]
+    metric: str
+    counterfactual: str | None = None
+    normalised: bool = True
+    clean_value: float | None = None
+    corrupt_value: float | None = None
+    method: str = "exact"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.values.dim() != len(self.axes):
+            raise ValueError(
+                f"PatchResult: values has {self.values.dim()} dimensions but axes names {len(self.axes)} "
+                f"({self.axes}); give one axis name per dimension"
+            )
+
+    def raw(self) -> Tensor:
+        """Values in metric units (undo the normalisation); raises ValueError without baselines."""
+        if not self.normalised:
+            return self.values
+        if self.clean_value is None or self.corrupt_value is None:
+            raise ValueError("PatchResult.raw: clean_value and corrupt_value are needed to undo normalisation")
+        return self.corrupt_value + self.values * (self.clean_value - self.corrupt_value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (NaN and infinities become ``None``)."""
+
+        def clean_float(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        def nested(v: Any) -> Any:
+            return [nested(u) for u in v] if isinstance(v, list) else clean_float(float(v))
+
+        return {
+            "values": nested(self.values.detach().cpu().double().tolist()),
+            "shape": list(self.values.shape),
+            "axes": list(self.axes),
+            "hook_names": list(self.hook_names),
+            "metric": self.metric,
+            "counterfactual": self.counterfactual,
+            "normalised": self.normalised,
+            "clean_value": None if self.clean_value is None else clean_float(self.clean_value),
+            "corrupt_value": None if self.corrupt_value is None else clean_float(self.corrupt_value),
+            "method": self.method,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PatchResult:
+        """Inverse of :meth:`to_dict` (``None`` values come back as NaN)."""
+
+        def nested(v: Any) -> Any:
+            return [nested(u) for u in v] if isinstance(v, list) else (math.nan if v is None else v)
+
+        values = torch.tensor(nested(d["values"]), dtype=torch.float64).reshape(d["shape"])
+        return cls(
+            values=values,
+            axes=tuple(d["axes"]),
+            hook_names=tuple(d["hook_names"]),
+            metric=d["metric"],
+            counterfactual=d.get("counterfactual"),
+            normalised=bool(d.get("normalised", True)),
+            clean_value=d.get("clean_value"),
+            corrupt_value=d.get("corrupt_value"),
+            method=d.get("method", "exact"),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics (vectorised over patched variants: logits [variant, batch, d_vocab] at the last position)
+
+
+def logit_diff(
+    last_logits: Float[Tensor, "*variant batch d_vocab"],
+    clean_targets: Int[Tensor, " batch"],
+    corrupt_targets: Int[Tensor, " batch"],
+) -> Float[Tensor, "*variant"]:
+    """Batch-mean of ``logit[clean answer] - logit[corrupt answer]`` (logit units, unbounded)."""
+    shape = last_logits.shape[:-1]
+    clean = last_logits.gather(-1, clean_targets.expand(shape).unsqueeze(-1)).squeeze(-1)
+    corrupt = last_logits.gather(-1, corrupt_targets.expand(shape).unsqueeze(-1)).squeeze(-1)
+    return (clean - corrupt).mean(-1)
+
+
+def accuracy(
+    last_logits: Float[Tensor, "*variant batch d_vocab"], clean_targets: Int[Tensor, " batch"]
+) -> Float[Tensor, "*variant"]:
+    """Batch-mean of ``argmax == clean answer`` (in [0, 1])."""
+    return (last_logits.argmax(-1) == clean_targets).to(last_logits.dtype).mean(-1)
+
+
+def kl_from_clean(
+    last_logits: Float[Tensor, "*variant batch d_vocab"], clean_logprobs: Float[Tensor, "batch d_vocab"]
+) -> Float[Tensor, "*variant"]:
+    """Batch-mean of ``KL(p_clean || p_patched)`` at the last position (nats, >= 0; 0 for the clean run)."""
+    logprobs = last_logits.log_softmax(-1)
+    return (clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1).mean(-1)
+
+
+class _Metric:
+    """A named metric (vectorised, last position only) or a user callable (full logits, per variant)."""
+
+    def __init__(self, name: str, fn: MetricFn | None, clean_targets, corrupt_targets, clean_logits):
+        self.name = name
+        self.fn = fn
+        self.clean_targets = clean_targets
+        self.corrupt_targets = corrupt_targets
+        self.clean_logprobs = clean_logits[:, -1].log_softmax(-1) if name == "kl" else None
+        self.needs_full_logits = fn is not None
+
+    def rows(self, last: Float[Tensor, "N d_vocab"], b: Int[Tensor, " N"]) -> Float[Tensor, " N"]:
+        """Per-row value of a named metric (its batch-mean is the metric) for rows ``b`` of the batch."""
+        if self.name == "logit_diff":
+            clean = last.gather(1, self.clean_targets[b, None])[:, 0]
+            return clean - last.gather(1, self.corrupt_targets[b, None])[:, 0]
+        if self.name == "accuracy":
+            return (last.argmax(-1) == self.clean_targets[b]).to(last.dtype)
+        lp_clean = self.clean_logprobs[b]
+        return (lp_clean.exp() * (lp_clean - last.log_softmax(-1))).sum(-1)
+
+    def __call__(self, logits: Float[Tensor, "variant batch pos d_vocab"]) -> Float[Tensor, " variant"]:
+        if self.fn is not None:
+            return torch.stack([torch.as_tensor(self.fn(lv)).reshape(()) for lv in logits]).to(logits.dtype)
+        last = logits[:, :, -1]  # (V, B, d_vocab)
+        if self.name == "logit_diff":
+            return logit_diff(last, self.clean_targets, self.corrupt_targets)
+        if self.name == "accuracy":
+            return accuracy(last, self.clean_targets)
+        return kl_from_clean(last, self.clean_logprobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class _Inputs:
+    clean_tokens: Tensor
+    corrupt_tokens: Tensor
+    clean_targets: Tensor | None
+    corrupt_targets: Tensor | None
+    counterfactual: str | None
+
+
+def _is_batch(x: Any) -> bool:
+    return hasattr(x, "tokens") and hasattr(x, "targets")
+
+
+def check_model(model: Any) -> None:
+    """Raise ValueError unless ``model`` is a HookedTransformer whose architecture this module computes.
+
+    Supported: standard (learned absolute) positional embeddings, pre-LayerNorm (LN, LNPre, RMS,
+    RMSPre or none), causal or bidirectional attention, with or without MLPs; not supported: rotary,
+    grouped-query, local attention, parallel attention+MLP, soft-capped scores, mixture of experts.
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "run_with_cache"):
+        raise ValueError(
+            f"model must be a TransformerLens HookedTransformer (with .cfg, .blocks, .run_with_cache), "
+            f"got {type(model).__name__}"
+        )
+    problems = []
+    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (need 'standard')")
+    for name, bad in [
+        ("n_key_value_heads", lambda v: v is not None),
+        ("use_local_attn", bool),
+        ("parallel_attn_mlp", bool),
+        ("use_normalization_before_and_after", bool),
+        ("use_attention_sinks", bool),
+        ("use_qk_norm", bool),
+        ("use_logn_attn", bool),
+        ("load_in_4bit", bool),
+        ("clip_qkv", lambda v: v is not None),
+        ("num_experts", lambda v: v is not None),
+        ("attn_scores_soft_cap", lambda v: v is not None and v > 0),
+    ]:
+        if hasattr(cfg, name) and bad(getattr(cfg, name)):
+            problems.append(f"{name}={getattr(cfg, name)!r}")
+    if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
+        problems.append(f"attention_dir={cfg.attention_dir!r}")
+    if problems:
+        raise ValueError(
+            "model: anchor_interp.patching supports standard pre-LN HookedTransformers only; unsupported "
+            "config: " + ", ".join(problems)
+        )
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _as_tokens(x: Any, name: str, model) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a Batch or a long tensor [batch, seq], got {type(x).__name__}")
+    if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name}: expected a long tensor [batch, seq], got {x.dtype} of shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty; give at least one row")
+    if x.shape[1] > model.cfg.n_ctx:
+        raise ValueError(f"{name}: sequence length {x.shape[1]} exceeds the model's n_ctx={model.cfg.n_ctx}")
+    if x.min() < 0 or x.max() >= model.cfg.d_vocab:
+        raise ValueError(
+            f"{name}: token ids must lie in [0, {model.cfg.d_vocab}) (the model's d_vocab), "
+            f"got [{int(x.min())}, {int(x.max())}]"
+        )
+    return x.long().to(_model_device(model))
+
+
+def _inputs(model, clean: Any, corrupt: Any, counterfactual: str | None) -> _Inputs:
+    check_model(model)
+    if _is_batch(clean) != _is_batch(corrupt):
+        raise ValueError(
+            "clean/corrupt: give two Batches (task.sample + task.counterfactual) or two token tensors, not a mix"
+        )
+    clean_targets = corrupt_targets = None
+    if _is_batch(clean):
+        clean_tokens = _as_tokens(clean.tokens, "clean.tokens", model)
+        corrupt_tokens = _as_tokens(corrupt.tokens, "corrupt.tokens", model)
+        clean_targets = clean.targets.long().to(clean_tokens.device)
+        corrupt_targets = corrupt.targets.long().to(clean_tokens.device)
+        if clean_targets.shape != (clean_tokens.shape[0],) or corrupt_targets.shape != (corrupt_tokens.shape[0],):
+            raise ValueError("clean/corrupt: targets must be long [batch], one per row of tokens")
+        if counterfactual is None and bool((corrupt_targets < 0).all()):
+            counterfactual = "anchor_remove"
+    else:
+        clean_tokens = _as_tokens(clean, "clean", model)
+        corrupt_tokens = _as_tokens(corrupt, "corrupt", model)
+    if clean_tokens.shape != corrupt_tokens.shape:
+        raise ValueError(
+            f"clean/corrupt: shapes differ, {tuple(clean_tokens.shape)} vs {tuple(corrupt_tokens.shape)}; "
+            "the corrupted batch must be row-paired with the clean one (task.counterfactual(clean, ...))"
+        )
+    return _Inputs(clean_tokens, corrupt_tokens, clean_targets, corrupt_targets, counterfactual)
+
+
+def _resolve_metric(metric: str | MetricFn | None, inp: _Inputs, d_vocab: int) -> tuple[str, MetricFn | None]:
+    if callable(metric):
+        return "custom", metric
+    if metric is None:
+        if inp.clean_targets is None:
+            raise ValueError(
+                "metric: token tensors carry no answers; pass metric='kl' or a callable "
+                "(logits [batch, pos, d_vocab] -> scalar), or give Batches"
+            )
+        no_answer = bool((inp.corrupt_targets < 0).any())
+        return ("kl" if no_answer else "logit_diff"), None
+    if metric not in METRICS:
+        raise ValueError(f"metric: unknown metric {metric!r}; use one of {METRICS} or a callable")
+    if metric in ("logit_diff", "accuracy"):
+        if inp.clean_targets is None:
+            raise ValueError(f"metric={metric!r} needs answers: give Batches, or use metric='kl' or a callable")
+        if (inp.clean_targets < 0).any() or (inp.clean_targets >= d_vocab).any():
+            raise ValueError(f"metric={metric!r}: clean.targets must lie in [0, {d_vocab})")
+    if metric == "logit_diff":
+        if (inp.corrupt_targets < 0).any():
+            raise ValueError(
+                "metric='logit_diff' needs a correct answer in the corrupted run, but corrupt.targets has -1 "
+                "(anchor_remove: the task is absent); use metric='kl'"
+            )
+        if (inp.corrupt_targets >= d_vocab).any():
+            raise ValueError(f"metric='logit_diff': corrupt.targets must lie in [0, {d_vocab})")
+    return metric, None
+
+
+# ---------------------------------------------------------------------------------------------
+# the forward engine: run from a cached point to the logits, all variants in one batch
+
+
+def _flat_qkv(attn, which: str) -> tuple[Tensor, Tensor]:
+    W = getattr(attn, f"W_{which.upper()}")  # (H, d_model, d_head)
+    b = getattr(attn, f"b_{which.upper()}")  # (H, d_head)
+    return W.permute(0, 2, 1).reshape(-1, W.shape[1]), b.reshape(-1)  # (H*dh, d_model), (H*dh,)
+
+
+def _project(x: Tensor, attn, which: str) -> Tensor:
+    """x (N, T, d_model) -> (N, T, H, d_head), as TransformerLens's simple_attn_linear."""
+    W, b = _flat_qkv(attn, which)
+    H, dh = attn.b_Q.shape
+    return F.linear(x, W, b).reshape(x.shape[0], x.shape[1], H, dh)
+
+
+def _project_head(x: Tensor, attn, which: str, head: int) -> Tensor:
+    """x (N, T, d_model) -> (N, T, d_head) for one head."""
+    W = getattr(attn, f"W_{which.upper()}")[head]  # (d_model, d_head)
+    b = getattr(attn, f"b_{which.upper()}")[head]
+    return F.linear(x, W.T, b)
+
+
+def _attn_out(
+    model,
+    layer: int,
+    resid: Float[Tensor, "N T d_model"],
+    last_row_only: bool,
+    receivers: Sequence[tuple[int, str]] = (),
+    receiver_delta: Tensor | None = None,
+) -> Float[Tensor, "N Tq d_model"]:
+    """Attention block output (before the residual add) for all rows or only the last query row.
+
+    ``receivers`` are (head, "q"|"k"|"v") whose input is ``ln1(resid + receiver_delta)`` instead of
+    ``ln1(resid)`` (path patching).
+    """
+    block = model.blocks[layer]
+    attn = block.attn
+    x = block.ln1(resid)  # (N, T, d)
+    x_q = x[:, -1:] if last_row_only else x
+    q = _project(x_q, attn, "q")  # (N, Tq, H, dh)
+    k = _project(x, attn, "k")  # (N, T, H, dh)
+    v = _project(x, attn, "v")
+    if receivers:
+        x_rec = block.ln1(resid + receiver_delta)
+        for head, comp in receivers:
+            if comp == "q":
+                q[:, :, head] = _project_head(x_rec[:, -1:] if last_row_only else x_rec, attn, "q", head)
+            elif comp == "k":
+                k[:, :, head] = _project_head(x_rec, attn, "k", head)
+            else:
+                v[:, :, head] = _project_head(x_rec, attn, "v", head)
+    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # (N, H, Tq, T)
+    if not last_row_only and model.cfg.attention_dir == "causal":
+        T = scores.shape[-1]
+        mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~mask, -math.inf)
+    pattern = scores.softmax(-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+    z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (N, Tq, H, dh)
+    W_O = attn.W_O  # (H, dh, d_model)
+    w = W_O.reshape(-1, W_O.shape[-1]).T.contiguous()  # (d_model, H*dh)
+    return F.linear(z.reshape(z.shape[0], z.shape[1], -1), w, attn.b_O)
+
+
+def _forward_from(
+    model,
+    layer: int,
+    resid: Float[Tensor, "N T d_model"],
+    *,
+    after_attn: bool,
+    last_only: bool,
+    receivers: dict[int, list[tuple[int, str]]] | None = None,
+    receiver_delta: Tensor | None = None,
+) -> Float[Tensor, "N Tq d_vocab"]:
+    """Run blocks ``layer..`` from ``resid`` (``resid_pre``, or ``resid_mid`` if ``after_attn``) to logits.
+
+    With ``last_only`` the final block computes only the last query row and logits are [N, 1, d_vocab].
+    ``layer == n_layers`` means ``resid`` is the final residual stream (only ln_final + unembed run).
+    """
+    cfg = model.cfg
+    n_layers = cfg.n_layers
+    receivers = receivers or {}
+    if last_only and layer >= n_layers:
+        resid = resid[:, -1:]
+    for i in range(layer, n_layers):
+        block = model.blocks[i]
+        final = last_only and i == n_layers - 1
+        if not (i == layer and after_attn):
+            attn_out = _attn_out(model, i, resid, final, receivers.get(i, ()), receiver_delta)
+            resid = (resid[:, -1:] if final else resid) + attn_out  # (N, Tq, d)
+        elif final:
+            resid = resid[:, -1:]
+        if not cfg.attn_only:
+            resid = resid + block.mlp(block.ln2(resid))
+    if cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    logits = model.unembed(resid)
+    cap = getattr(cfg, "output_logits_soft_cap", -1.0)
+    if cap is not None and cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@dataclass
+class _Rows:
+    """Patched runs, one row each: variant ``var`` on batch row ``b``.
+
+    Either ``pos`` + ``row`` (the start residual differs from the unpatched one only at position
+    ``pos``, where it is ``row``), or ``start`` (the whole start residual); ``delta`` is the
+    receivers' extra input in path patching.
+    """
+
+    var: Tensor  # (N,)
+    b: Tensor  # (N,)
+    pos: Tensor | None = None  # (N,)
+    row: Tensor | None = None  # (N, d_model)
+    start: Tensor | None = None  # (N, T, d_model)
+    delta: Tensor | None = None  # (N, T, d_model)
+
+    def __len__(self) -> int:
+        return self.var.shape[0]
+
+    def take(self, index: Tensor) -> _Rows:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return _Rows(self.var[index], self.b[index], pick(self.pos), pick(self.row), pick(self.start), pick(self.delta))
+
+    @staticmethod
+    def cat(parts: list[_Rows]) -> _Rows:
+        def join(name):
+            ts = [getattr(p, name) for p in parts]
+            return None if ts[0] is None else torch.cat(ts)
+
+        return _Rows(*(join(n) for n in ("var", "b", "pos", "row", "start", "delta")))
+
+
+def _changed_rows(diff: Tensor, var_offset: int, all_rows: bool) -> tuple[Tensor, Tensor]:
+    """(var, b) of the rows to run: those where ``diff`` [v, B, ...] is non-zero (or every row)."""
+    v, B = diff.shape[:2]
+    if all_rows:
+        keep = torch.ones(v, B, dtype=torch.bool, device=diff.device)
+    else:
+        keep = (diff != 0).reshape(v, B, -1).any(-1)
+    var, b = keep.nonzero(as_tuple=True)
+    return var + var_offset, b
+
+
+class _Sweep:
+    """Shared state of one patching call: inputs, caches, metric, baselines, and the row engine.
+
+    Named metrics are batch means of per-row values, so only the rows a patch changes are run (the
+    others keep their corrupted-run value), and a patch at one position right before the final
+    attention block uses the sparse path (:func:`_final_rows`).
+    """
+
+    def __init__(self, model, clean, corrupt, metric, counterfactual, hooks_clean, hooks_corrupt, max_batch):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch: must be a positive int (sequences per forward pass), got {max_batch!r}")
+        self.model = model
+        self.inp = _inputs(model, clean, corrupt, counterfactual)
+        self.metric_name, metric_fn = _resolve_metric(metric, self.inp, model.cfg.d_vocab)
+        self.max_batch = max_batch
+        self.n_layers = model.cfg.n_layers
+        final_pre = f"blocks.{self.n_layers - 1}.hook_resid_pre"
+        with torch.no_grad():
+            clean_logits, self.clean = _cache(model, self.inp.clean_tokens, hooks_clean)
+            corrupt_logits, self.corrupt = _cache(model, self.inp.corrupt_tokens, [*hooks_corrupt, final_pre])
+            self.metric = _Metric(
+                self.metric_name, metric_fn, self.inp.clean_targets, self.inp.corrupt_targets, clean_logits
+            )
+            self.clean_value = float(self.metric(clean_logits[None])[0])
+            self.corrupt_value = float(self.metric(corrupt_logits[None])[0])
+        self.last_only = not self.metric.needs_full_logits
+        self.B, self.T = self.inp.clean_tokens.shape
+        if self.last_only:
+            b = torch.arange(self.B, device=corrupt_logits.device)
+            self.corrupt_rows = self.metric.rows(corrupt_logits[:, -1], b)  # (B,)
+            self.final = _final_context(model, self.corrupt[final_pre])
+
+    def run(
+        self,
+        layer: int,
+        n_variants: int,
+        make_rows: Callable[[int, int, bool], _Rows],
+        *,
+        after_attn: bool,
+        base: Tensor,
+        receivers: dict[int, list[tuple[int, str]]] | None = None,
+    ) -> Float[Tensor, " variant"]:
+        """Metric of ``n_variants`` patched runs starting at ``layer`` (``resid_pre``, or ``resid_mid``
+        if ``after_attn``); ``make_rows(s, e, all_rows)`` gives the rows of variants s..e-1 and ``base``
+        [B, T, d] is the unpatched start residual."""
+        per_chunk = max(1, self.max_batch // self.B)
+        with torch.no_grad():
+            if not self.last_only:  # a user callable: every row, full logits, one call per variant
+                out = []
+                for s in range(0, n_variants, per_chunk):
+                    e = min(n_variants, s + per_chunk)
+                    rows = make_rows(s, e, True)
+                    logits = self._forward_rows(rows, layer, after_attn, base, receivers, last_only=False)
+                    out.append(self.metric(logits.reshape(e - s, self.B, self.T, -1)))
+                return torch.cat(out)
+            table = self.corrupt_rows[None].repeat(n_variants, 1)  # (variant, B)
+            pending: list[_Rows] = []
+
+            def flush():
+                rows = _Rows.cat(pending)
+                pending.clear()
+                for i in range(0, len(rows), self.max_batch):
+                    part = rows.take(slice(i, i + self.max_batch))
+                    last = self._last_logits(part, layer, after_attn, base, receivers)  # (N, d_vocab)
+                    table[part.var, part.b] = self.metric.rows(last, part.b)
+
+            n_pending = 0
+            for s in range(0, n_variants, per_chunk):
+                rows = make_rows(s, min(n_variants, s + per_chunk), False)
+                if len(rows):
+                    pending.append(rows)
+                    n_pending += len(rows)
+                if n_pending >= self.max_batch:
+                    flush()
+                    n_pending = 0
+            if pending:
+                flush()
+            return table.mean(1)
+
+    def _last_logits(self, rows: _Rows, layer, after_attn, base, receivers) -> Float[Tensor, "N d_vocab"]:
+        F_ = self.n_layers - 1
+        if rows.pos is not None and not receivers:
+            if after_attn and layer == F_:
+                # a change at the final block's output reaches the logits only at the last position
+                out = self.corrupt_logits_rows(rows.b).clone()
+                at_last = rows.pos == self.T - 1
+                if at_last.any():
+                    resid = rows.row[at_last][:, None]  # (n, 1, d)
+                    out[at_last] = _finish(self.model, F_, resid)[:, 0]
+                return out
+            if (after_attn and layer == F_ - 1) or (not after_attn and layer == F_):
+                return _final_rows(self.model, self.final, rows, mlp_layer=layer if after_attn else None)
+        return self._forward_rows(rows, layer, after_attn, base, receivers, last_only=True)[:, -1]
+
+    def corrupt_logits_rows(self, b: Tensor) -> Tensor:
+        return self.final["logits_last"][b]
+
+    def _forward_rows(self, rows: _Rows, layer, after_attn, base, receivers, last_only) -> Tensor:
+        start = rows.start
+        if start is None:
+            start = base[rows.b].clone()
+            start[torch.arange(len(rows), device=start.device), rows.pos] = rows.row
+        return _forward_from(
+            self.model, layer, start, after_attn=after_attn, last_only=last_only,
+            receivers=receivers, receiver_delta=rows.delta,
+        )
+
+    def result(self, values: Tensor, axes, hook_names, normalise: bool, extra=None) -> PatchResult:
+        values = values.detach().cpu()
+        if normalise:
+            gap = self.clean_value - self.corrupt_value
+            if not math.isfinite(gap) or abs(gap) < 1e-9:
+                raise ValueError(
+                    f"normalise: the clean and corrupted runs give the same {self.metric_name} "
+                    f"({self.clean_value:.6g} vs {self.corrupt_value:.6g}), so (patched - corrupt) / "
+                    "(clean - corrupt) is undefined; pass normalise=False, or use a counterfactual/metric "
+                    "that changes the model's answer"
+                )
+            values = (values - self.corrupt_value) / gap
+        return PatchResult(
+            values=values,
+            axes=tuple(axes),
+            hook_names=tuple(hook_names),
+            metric=self.metric_name,
+            counterfactual=self.inp.counterfactual,
+            normalised=normalise,
+            clean_value=self.clean_value,
+            corrupt_value=self.corrupt_value,
+            method="exact",
+            extra=dict(extra or {}),
+        )
+
+
+def _finish(model, layer: int, resid: Float[Tensor, "N Tq d_model"]) -> Float[Tensor, "N Tq d_vocab"]:
+    """From ``resid_mid`` of ``layer`` (the final block) to logits: MLP, ln_final, unembed."""
+    cfg = model.cfg
+    if not cfg.attn_only:
+        block = model.blocks[layer]
+        resid = resid + block.mlp(block.ln2(resid))
+    if cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    logits = model.unembed(resid)
+    cap = getattr(cfg, "output_logits_soft_cap", -1.0)
+    if cap is not None and cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def _final_context(model, resid_pre_final: Float[Tensor, "B T d_model"]) -> dict[str, Tensor]:
+    """The corrupted run's final-block keys, values, last query and last logits (for :func:`_final_rows`)."""
+    layer = model.cfg.n_layers - 1
+    block = model.blocks[layer]
+    x = block.ln1(resid_pre_final)  # (B, T, d)
+    ctx = {
+        "k": _project(x, block.attn, "k"),  # (B, T, H, dh)
+        "v": _project(x, block.attn, "v"),
+        "q_last": _project(x[:, -1:], block.attn, "q")[:, 0],  # (B, H, dh)
+        "resid_last": resid_pre_final[:, -1],  # (B, d)
+    }
+    attn_out = _attn_out(model, layer, resid_pre_final, True)  # (B, 1, d)
+    ctx["logits_last"] = _finish(model, layer, resid_pre_final[:, -1:] + attn_out)[:, 0]  # (B, d_vocab)
+    return ctx
+
+
+def _final_rows(model, ctx: dict[str, Tensor], rows: _Rows, mlp_layer: int | None) -> Float[Tensor, "N d_vocab"]:
+    """Last-position logits when the final block's input differs from the corrupted run's at one position.
+
+    ``rows.row`` is the residual at ``rows.pos``: ``resid_pre`` of the final block, or ``resid_mid`` of
+    the block before it (``mlp_layer``; its MLP is applied to that row). Only that position's key and
+    value, and the last query row, are recomputed: O(d_model^2) per row instead of O(seq d_model^2).
+    """
+    cfg = model.cfg
+    layer = cfg.n_layers - 1
+    row = rows.row[:, None]  # (N, 1, d)
+    if mlp_layer is not None and not cfg.attn_only:
+        block = model.blocks[mlp_layer]
+        row = row + block.mlp(block.ln2(row))
+    block = model.blocks[layer]
+    attn = block.attn
+    N = row.shape[0]
+    n = torch.arange(N, device=row.device)
+    x = block.ln1(row)  # (N, 1, d)
+    k = ctx["k"][rows.b]  # (N, T, H, dh)
+    v = ctx["v"][rows.b]
+    k[n, rows.pos] = _project(x, attn, "k")[:, 0]
+    v[n, rows.pos] = _project(x, attn, "v")[:, 0]
+    q = ctx["q_last"][rows.b]  # (N, H, dh)
+    resid = ctx["resid_last"][rows.b]  # (N, d)
+    at_last = rows.pos == k.shape[1] - 1
+    if at_last.any():
+        q[at_last] = _project(x[at_last], attn, "q")[:, 0]
+        resid[at_last] = row[at_last, 0]
+    scores = torch.einsum("nhe,nthe->nht", q, k) / attn.attn_scale  # (N, H, T)
+    pattern = scores.softmax(-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+    z = torch.einsum("nht,nthe->nhe", pattern, v)  # (N, H, dh)
+    W_O = attn.W_O  # (H, dh, d)
+    w = W_O.reshape(-1, W_O.shape[-1]).T.contiguous()  # (d, H*dh)
+    resid = resid + F.linear(z.reshape(N, -1), w, attn.b_O)  # (N, d)
+    return _finish(model, layer, resid[:, None])[:, 0]
+
+
+def _cache(model, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    names = list(dict.fromkeys(names))
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return logits, {n: cache[n] for n in names}
+
+
+def _resid_mid_names(n_layers: int) -> list[str]:
+    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
+        f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)
+    ]
+
+
+def _head_delta(model, layer: int, dz: Float[Tensor, "B T H dh"]) -> Float[Tensor, "H B T d_model"]:
+    """Each head's change of the residual stream, ``dz[:, :, h] @ W_O[h]``."""
+    W_O = model.blocks[layer].attn.W_O  # (H, dh, d)
+    return torch.einsum("bthe,hed->hbtd", dz, W_O)
+
+
+def _one_position_rows(diff_vp: Tensor, rows_vp: Tensor, positions: Tensor, s: int, all_rows: bool) -> _Rows:
+    """Rows for variants that each patch one position: ``diff_vp`` [v, B, ...] says which rows change,
+    ``rows_vp`` [v, B, d] is the new residual at the variant's position ``positions`` [v]."""
+    var, b = _changed_rows(diff_vp, s, all_rows)
+    local = var - s
+    return _Rows(var, b, pos=positions[local], row=rows_vp[local, b])
+
+
+# ---------------------------------------------------------------------------------------------
+# public sweeps
+
+
+Inputs = Any  # a Batch (anchor_interp.tasks) or Int[Tensor, "batch seq"]
+
+
+def patch_resid_pre(
+    model,
+    clean: Inputs,
+    corrupt: Inputs,
+    metric: str | MetricFn | None = None,
+    *,
+    normalise: bool = True,
+    counterfactual: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> PatchResult:
+    """Patch ``blocks.L.hook_resid_pre`` at one position at a time: values [layer, pos].
+
+    ``metric`` is ``"logit_diff"`` (default for Batches with answers), ``"accuracy"``, ``"kl"``
+    (default when the corrupted targets are -1, e.g. ``anchor_remove``) or a callable
+    ``logits [batch, pos, d_vocab] -> scalar``. Raises ValueError for bad inputs (see docs/patching.md).
+    """
+    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, names, names, max_batch)
+    positions = torch.arange(sw.T, device=sw.inp.clean_tokens.device)
+    values = []
+    for layer in range(n_layers):
+        clean_r, corrupt_r = sw.clean[names[layer]], sw.corrupt[names[layer]]  # (B, T, d)
+        diff = (clean_r - corrupt_r).permute(1, 0, 2)  # (T, B, d): variant = position
+        new = clean_r.permute(1, 0, 2)
+
+        def make_rows(s, e, all_rows, diff=diff, new=new):
+            return _one_position_rows(diff[s:e], new[s:e], positions[s:e], s, all_rows)
+
+        values.append(sw.run(layer, sw.T, make_rows, after_attn=False, base=corrupt_r))
+    return sw.result(torch.stack(values), ("layer", "pos"), names, normalise)
+
+
+def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hook: str, normalise: bool):
+    cfg = model.cfg
+    n_layers, H, T = cfg.n_layers, cfg.n_heads, sw.T
+    positions = torch.arange(T, device=sw.inp.clean_tokens.device)
+    values = []
+    for layer in range(n_layers):
+        dz = dz_of_layer(layer)  # (B, T, H, dh)
+        dres = _head_delta(model, layer, dz)  # (H, B, T, d)
+        base = sw.corrupt[f"blocks.{layer}.hook_resid_pre"] + sw.corrupt[f"blocks.{layer}.hook_attn_out"]
+        if not by_pos:
+            dz_h = dz.permute(2, 0, 1, 3)  # (H, B, T, dh)
+
+            def make_rows(s, e, all_rows, dres=dres, base=base, dz_h=dz_h):
+                var, b = _changed_rows(dz_h[s:e], s, all_rows)
+                return _Rows(var, b, start=base[b] + dres[var, b])
+
+            values.append(sw.run(layer, H, make_rows, after_attn=True, base=base))
+            continue
+        # variants (head, pos), head-major: variant i = head i // T at position i % T
+        dz_hp = dz.permute(2, 1, 0, 3).reshape(H * T, sw.B, -1)  # (H*T, B, dh)
+        new_hp = (base[None] + dres).permute(0, 2, 1, 3).reshape(H * T, sw.B, -1)  # (H*T, B, d)
+        pos_hp = positions.repeat(H)
+
+        def make_rows(s, e, all_rows, dz_hp=dz_hp, new_hp=new_hp, pos_hp=pos_hp):
+            return _one_position_rows(dz_hp[s:e], new_hp[s:e], pos_hp[s:e], s, all_rows)
+
+        values.append(sw.run(layer, H * T, make_rows, after_attn=True, base=base).reshape(H, T))
+    names = [f"blocks.{layer}.attn.{hook}" for layer in range(n_layers)]
+    axes = ("layer", "head", pos_axis) if by_pos else ("layer", "head")
+    return sw.result(torch.stack(values), axes, names, normalise)
+
+
+def patch_head_out(
+    model,
+    clean: Inputs,
+    corrupt: Inputs,
+    metric: str | MetricFn | None = None,
+    *,
+    by_pos: bool = False,
+    normalise: bool = True,
+    counterfactual: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> PatchResult:
+    """Patch each head's output ``blocks.L.attn.hook_z`` (all positions, or one position with ``by_pos``).
+
+    Values [layer, head] or [layer, head, pos] (note: ``transformer_lens.patching`` puts pos before
+    head). Metric and errors as in :func:`patch_resid_pre`.
+    """
+    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
+    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, z, z + _resid_mid_names(n_layers), max_batch)
+    return _head_sweep(
+        sw, model, lambda layer: sw.clean[z[layer]] - sw.corrupt[z[layer]], by_pos, "pos", "hook_z", normalise
+    )
+
+
+def patch_head_pattern(
+    model,
+    clean: Inputs,
+    corrupt: Inputs,
+    metric: str | MetricFn | None = None,
+    *,
+    by_pos: bool = False,
+    normalise: bool = True,
+    counterfactual: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> PatchResult:
+    """Patch each head's attention pattern ``blocks.L.attn.hook_pattern`` (all rows, or one ``dest_pos`` row).
+
+    The patched head mixes the corrupted run's values with the clean run's pattern. Values
+    [layer, head] or [layer, head, dest_pos]. Metric and errors as in :func:`patch_resid_pre`.
+    """
+    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
+    pat = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    vv = [f"blocks.{layer}.attn.hook_v" for layer in range(n_layers)]
+    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, pat, pat + vv + z + _resid_mid_names(n_layers), max_batch)
+
+    def dz_of_layer(layer):
+        v = sw.corrupt[vv[layer]]  # (B, T, H, dh)
+        z_clean_pattern = (sw.clean[pat[layer]] @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (B, T, H, dh)
+        dz = z_clean_pattern - sw.corrupt[z[layer]]
+        # rows whose pattern is unchanged are exactly unchanged (no rounding noise from the recomputation)
+        same = (sw.clean[pat[layer]] == sw.corrupt[pat[layer]]).all(-1).permute(0, 2, 1)  # (B, T, H)
+        return dz.masked_fill(same[..., None], 0.0)
+
+    return _head_sweep(sw, model, dz_of_layer, by_pos, "dest_pos", "hook_pattern", normalise)
+
+
+Receivers = str | Sequence[tuple[int, int, str]]
+
+
+def _check_receivers(model, receivers: Receivers) -> dict[int, list[tuple[int, str]]] | None:
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise ValueError(f"receivers: use 'logits' or a list of (layer, head, 'q'|'k'|'v'), got {receivers!r}")
+        return None
+    if not isinstance(receivers, Sequence) or len(receivers) == 0:
+        raise ValueError("receivers: use 'logits' or a non-empty list of (layer, head, 'q'|'k'|'v')")
+    cfg = model.cfg
+    out: dict[int, list[tuple[int, str]]] = {}
+    for r in receivers:
+        if not (isinstance(r, Sequence) and len(r) == 3):
+            raise ValueError(f"receivers: each receiver is (layer, head, 'q'|'k'|'v'), got {r!r}")
+        layer, head, comp = r
+        if not (isinstance(layer, int) and 0 <= layer < cfg.n_layers):
+            raise ValueError(f"receivers: layer {layer!r} out of range [0, {cfg.n_layers})")
+        if not (isinstance(head, int) and 0 <= head < cfg.n_heads):
+            raise ValueError(f"receivers: head {head!r} out of range [0, {cfg.n_heads})")
+        if comp not in QKV:
+            raise ValueError(f"receivers: component {comp!r} must be one of {QKV}")
+        if (head, comp) not in out.setdefault(layer, []):
+            out[layer].append((head, comp))
+    return out
+
+
+def path_patch(
+    model,
+    clean: Inputs,
+    corrupt: Inputs,
+    receivers: Receivers = "logits",
+    metric: str | MetricFn | None = None,
+    *,
+    normalise: bool = True,
+    counterfactual: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> PatchResult:
+    """Path patching from every sender head: values [src_layer, src_head].
+
+    The sender's change ``(clean - corrupt) hook_z @ W_O`` is added, through the residual stream only,
+    to the receivers' input: ``"logits"`` = the final residual stream before ``ln_final`` (every head
+    and MLP in between keeps its corrupted value), or each listed receiver head's q, k or v input
+    (before its ``ln1``); everything downstream of a receiver is recomputed. Senders in a layer at or
+    above every receiver have no direct path: their value is the corrupted run's (0 when normalised).
+    Metric and errors as in :func:`patch_resid_pre`.
+    """
+    check_model(model)
+    cfg = model.cfg
+    n_layers, H = cfg.n_layers, cfg.n_heads
+    rec = _check_receivers(model, receivers)
+    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    if rec is None:
+        start_name, start_layer = f"blocks.{n_layers - 1}.hook_resid_post", n_layers
+        rec_hooks = [start_name]
+    else:
+        start_layer = min(rec)
+        start_name = f"blocks.{start_layer}.hook_resid_pre"
+        rec_hooks = [f"blocks.{layer}.hook_{c}_input" for layer in sorted(rec) for _, c in rec[layer]]
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, z, z + [start_name], max_batch)
+    dtype = next(model.parameters()).dtype
+    values = torch.full((n_layers, H), sw.corrupt_value, dtype=dtype)
+    base = sw.corrupt[start_name]  # (B, T, d)
+    for src_layer in range(n_layers):
+        if rec is not None and src_layer >= max(rec):
+            continue  # no direct path from here to any receiver
+        dres = _head_delta(model, src_layer, sw.clean[z[src_layer]] - sw.corrupt[z[src_layer]])  # (H, B, T, d)
+        if rec is None:
+
+            def make_rows(s, e, all_rows, dres=dres):
+                var, b = _changed_rows(dres[s:e], s, all_rows)
+                return _Rows(var, b, start=base[b] + dres[var, b])
+
+            vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base)
+        else:
+            active = {layer: hs for layer, hs in rec.items() if layer > src_layer}
+
+            def make_rows(s, e, all_rows, dres=dres):
+                var, b = _changed_rows(dres[s:e], s, all_rows)
+                return _Rows(var, b, start=base[b], delta=dres[var, b])
+
+            vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base, receivers=active)
+        values[src_layer] = vals.cpu()
+    return sw.result(
+        values, ("src_layer", "src_head"), z + rec_hooks, normalise, extra={"receivers": _receivers_json(receivers)}
+    )
+
+
+def _receivers_json(receivers: Receivers) -> Any:
+    return receivers if isinstance(receivers, str) else [list(r) for r in receivers]
+
+
+# re-exported so that every patching entry point lives in one namespace (defined in attribution.py)
+from anchor_interp.attribution import (  # noqa: E402
+    AttributionCheck,
+    attribution_patch_heads,
+    attribution_patch_resid_pre,
+    compare_attribution,
+)
+
+__all__ = [
+    "METRICS",
+    "AttributionCheck",
+    "PatchResult",
+    "accuracy",
+    "attribution_patch_heads",
+    "attribution_patch_resid_pre",
+    "check_model",
+    "compare_attribution",
+    "kl_from_clean",
+    "logit_diff",
+    "patch_head_out",
+    "patch_head_pattern",
+    "patch_resid_pre",
+    "path_patch",
+]

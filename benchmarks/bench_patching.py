@@ -1,0 +1,163 @@
+"""Benchmark: activation-patching sweeps, anchor_interp.patching vs transformer_lens.patching.
+
+Sweeps (issue 5, item 1): every head x every position head-output patching
+(``patch_head_out(by_pos=True)`` vs ``get_act_patch_attn_head_out_by_pos``) and the residual-stream
+sweep (``patch_resid_pre`` vs ``get_act_patch_resid_pre``), on the zoo's default model (or, with
+``--model random`` or when the zoo model is absent, a random 2L x 4H attention-only d_model 128 model),
+same inputs, logit-difference metric, no gradients, no progress bar. Each repetition times both
+(interleaved); we report medians and their ratio, and check the outputs agree to ``--atol``.
+
+    .venv/bin/python benchmarks/bench_patching.py                 # batch 64 and 4, 7 repetitions
+    .venv/bin/python benchmarks/bench_patching.py --batch 64 --reps 3 --json /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: transformer_lens.patching's progress bar
+
+
+def load_model(which: str, seed: int):
+    """(model, task or None, description)."""
+    import torch
+
+    if which == "default":
+        try:
+            from anchor_interp import zoo
+
+            model, task = zoo.load("default")
+            return model, task, "zoo default"
+        except Exception as err:  # the zoo model may not be built yet
+            print(f"zoo.load('default') failed ({type(err).__name__}: {err}); using a random model", file=sys.stderr)
+    from anchor_interp._tl import HookedTransformerConfig, build_model
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, n_heads=4, d_model=128, d_head=32, n_ctx=9, d_vocab=201, attn_only=True, act_fn="relu",
+        seed=seed, init_weights=True, dtype=torch.float32,
+    )
+    return build_model(cfg).eval(), None, "random 2L4H attn-only d_model 128"
+
+
+def make_inputs(model, task, batch: int, seed: int):
+    import torch
+
+    if task is not None:
+        clean = task.sample(batch, split="test", seed=seed)
+        corrupt = task.counterfactual(clean, "key_swap", seed=seed + 1)
+        return clean, corrupt
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(seed)
+    T, V = model.cfg.n_ctx, model.cfg.d_vocab
+    clean = SimpleNamespace(tokens=torch.randint(0, V, (batch, T), generator=g), targets=torch.randint(0, V, (batch,), generator=g))
+    corrupt = SimpleNamespace(tokens=torch.randint(0, V, (batch, T), generator=g), targets=torch.randint(0, V, (batch,), generator=g))
+    return clean, corrupt
+
+
+def time_sweep(sweep: str, model, clean, corrupt, reps: int, atol: float) -> dict:
+    import torch
+    import transformer_lens.patching as tlp
+
+    from anchor_interp import patching
+
+    def metric(logits):
+        return patching.logit_diff(logits[:, -1], clean.targets, corrupt.targets)
+
+    def ours():
+        if sweep == "head_out_by_pos":
+            return patching.patch_head_out(model, clean, corrupt, "logit_diff", by_pos=True, normalise=False).values
+        return patching.patch_resid_pre(model, clean, corrupt, "logit_diff", normalise=False).values
+
+    def theirs():
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean.tokens)
+            if sweep == "head_out_by_pos":
+                return tlp.get_act_patch_attn_head_out_by_pos(model, corrupt.tokens, cache, metric).permute(0, 2, 1)
+            return tlp.get_act_patch_resid_pre(model, corrupt.tokens, cache, metric)
+
+    a, b = ours(), theirs()  # warm-up, and the equality check
+    max_diff = float((a.double() - b.double()).abs().max())
+    t_ours, t_tl = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        theirs()
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_tl.append(t2 - t1)
+    m_ours, m_tl = statistics.median(t_ours), statistics.median(t_tl)
+    return {
+        "sweep": sweep,
+        "batch": len(clean.tokens),
+        "patched_sites": a.numel(),
+        "ours_median_s": m_ours,
+        "tl_median_s": m_tl,
+        "speedup": m_tl / m_ours,
+        "max_abs_diff": max_diff,
+        "equal": max_diff <= atol,
+        "ours_s": t_ours,
+        "tl_s": t_tl,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=["default", "random"], default="default")
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 4])
+    p.add_argument("--sweeps", nargs="+", choices=["head_out_by_pos", "resid_pre"], default=["head_out_by_pos", "resid_pre"])
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here (temp file + rename)")
+    args = p.parse_args(argv)
+    if args.reps < 1 or any(b < 1 for b in args.batch):
+        p.error("--reps and --batch must be >= 1")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, task, desc = load_model(args.model, args.seed)
+    rows = []
+    print(f"model: {desc}; torch {torch.__version__}, {args.threads} thread(s), {args.reps} reps, medians")
+    print(f"{'sweep':16} {'batch':>5} {'sites':>5} {'ours ms':>9} {'TL ms':>9} {'speedup':>8} {'max|diff|':>10}")
+    for sweep in args.sweeps:
+        for batch in args.batch:
+            clean, corrupt = make_inputs(model, task, batch, args.seed)
+            r = time_sweep(sweep, model, clean, corrupt, args.reps, args.atol)
+            rows.append(r)
+            print(
+                f"{sweep:16} {batch:5d} {r['patched_sites']:5d} {1e3 * r['ours_median_s']:9.2f} "
+                f"{1e3 * r['tl_median_s']:9.2f} {r['speedup']:7.1f}x {r['max_abs_diff']:10.2e}"
+                + ("" if r["equal"] else "  NOT EQUAL")
+            )
+    out = {
+        "benchmark": "patching",
+        "model": desc,
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "reps": args.reps,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": "python " + " ".join(sys.argv),
+        "results": rows,
+    }
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0 if all(r["equal"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
