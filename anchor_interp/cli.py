@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --train: train for N epochs instead of the recipe's")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of every sample drawn (default: 0)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    p.add_argument("--n-samples", type=_n_samples, default=512, metavar="N",
-                   help="held-out rows for accuracy, labels, patching and ablation (default: 512)")
+    p.add_argument("--n-samples", type=_n_samples, default=256, metavar="N",
+                   help="held-out rows for accuracy, labels, patching and ablation (default: 256)")
     p.add_argument("--json", metavar="PATH", help="result JSON (default: the report path with .json)")
     p.add_argument("--report", metavar="PATH", help=f"HTML report (default: {DEFAULT_REPORT}; PNG figures go beside it)")
     p.add_argument("--no-report", action="store_true", help="write only the JSON result")
@@ -116,6 +116,12 @@ def _output_paths(args) -> tuple[Path | None, Path | None]:
             raise UsageError(f"{flag} {path} is a directory; give a file path")
         if path.exists() and not args.force:
             raise UsageError(f"{flag} {path} exists; pass --force to overwrite it or choose another path")
+        if flag == "--report" and not args.force and not args.from_json:
+            from anchor_interp.report import report_paths
+
+            pngs = [str(p) for p in list(report_paths(path).values())[1:] if p.exists()]
+            if pngs:
+                raise UsageError(f"--report {path}: its figure {pngs[0]} exists; pass --force to overwrite it")
         parent = path.parent if str(path.parent) else Path(".")
         anc = parent
         while not anc.exists():
@@ -135,9 +141,9 @@ def _check_inputs(args) -> None:
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             raise UsageError(f"--from-json {args.from_json} does not exist")
-        for flag in ("task", "train"):
+        for flag in ("task", "train", "json", "no_report"):
             if getattr(args, flag):
-                raise UsageError(f"--from-json re-renders a saved result; --{flag} does not apply")
+                raise UsageError(f"--from-json re-renders a saved result; --{flag.replace('_', '-')} does not apply")
     for flag, value, default in (("preset", args.preset, "small"), ("recipe", args.recipe, "fast"),
                                  ("epochs", args.epochs, None)):
         if value != default and not args.train:
@@ -291,25 +297,32 @@ def _train(args):
 
 def format_head_table(result: dict) -> str:
     """The console table: one line per head (layer, head, label, key scores, causal effect)."""
+    from anchor_interp.pipeline import key_scores
+
     heads = sorted(result.get("heads") or [], key=lambda h: (h["layer"], h["head"]))
     acc = result.get("accuracy") or {}
-    lines = [f"held-out accuracy {acc.get('overall', float('nan')):.3f} ({acc.get('n', '?')} rows)"]
-    lines.append(f"{'head':<6} {'label':<10} {'offset/kind':<12} {'conf':>5} {'effect':>7}  {'counterfactual':<14} key scores")
+    overall = acc.get("overall")
+    lines = [f"held-out accuracy {overall if overall is None else f'{overall:.3f}'} ({acc.get('n', '?')} rows)"]
+    lines.append(f"{'head':<6} {'label':<10} {'offset/kind':<12} {'shift':>5} {'bcast':>5} {'effect':>7}  "
+                 f"{'counterfactual':<14} {'conf':>5}  group")
+
+    def num(x, fmt):
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
     for h in heads:
         detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
-        scores = h.get("scores") or {}
-        top = sorted(((k, v) for k, v in scores.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:3]
-        eff = h.get("causal_effect")
-        conf = h.get("confidence")
+        ks = key_scores(h)
         lines.append(
-            f"{h['name']:<6} {h.get('label', '?'):<10} {detail:<12} "
-            f"{(f'{conf:.2f}' if isinstance(conf, (int, float)) else '-'):>5} "
-            f"{(f'{eff:.3f}' if isinstance(eff, (int, float)) else '-'):>7}  {str(h.get('counterfactual') or '-'):<14} "
-            + ", ".join(f"{k}={v:.2f}" for k, v in top)
+            f"{h['name']:<6} {h.get('label', '?'):<10} {detail:<12} {num(ks['shift'], '.2f'):>5} "
+            f"{num(ks['broadcast'], '.2f'):>5} {num(h.get('causal_effect'), '.3f'):>7}  "
+            f"{str(h.get('counterfactual') or '-'):<14} {num(h.get('confidence'), '.2f'):>5}  {h.get('group') or ''}"
         )
     for g in result.get("groups") or []:
         lines.append(f"group {g.get('name')}: {', '.join(g.get('heads') or [])} ({g.get('label', '')}), "
-                     f"joint effect {g.get('joint_effect')}")
+                     f"joint effect {num(g.get('joint_effect'), '.3f')} ({g.get('metric', '')})")
+    for c in (result.get("ablation") or {}).get("checks") or []:
+        lines.append(f"check {c['name']}: accuracy {num(c.get('accuracy'), '.3f')} "
+                     f"(expected {c.get('expected')}): {'pass' if c.get('passed') else 'FAIL'}")
     return "\n".join(lines)
 
 

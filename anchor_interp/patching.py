@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from anchor_interp.patch_engine import Engine, Rows, changed_rows, check_model
 
 METRICS = ("logit_diff", "accuracy", "kl")
 QKV = ("q", "k", "v")
@@ -203,46 +204,6 @@ def _is_batch(x: Any) -> bool:
     return hasattr(x, "tokens") and hasattr(x, "targets")
 
 
-def check_model(model: Any) -> None:
-    """Raise ValueError unless ``model`` is a HookedTransformer whose architecture this module computes.
-
-    Supported: standard (learned absolute) positional embeddings, pre-LayerNorm (LN, LNPre, RMS,
-    RMSPre or none), causal or bidirectional attention, with or without MLPs; not supported: rotary,
-    grouped-query, local attention, parallel attention+MLP, soft-capped scores, mixture of experts.
-    """
-    cfg = getattr(model, "cfg", None)
-    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "run_with_cache"):
-        raise ValueError(
-            f"model must be a TransformerLens HookedTransformer (with .cfg, .blocks, .run_with_cache), "
-            f"got {type(model).__name__}"
-        )
-    problems = []
-    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (need 'standard')")
-    for name, bad in [
-        ("n_key_value_heads", lambda v: v is not None),
-        ("use_local_attn", bool),
-        ("parallel_attn_mlp", bool),
-        ("use_normalization_before_and_after", bool),
-        ("use_attention_sinks", bool),
-        ("use_qk_norm", bool),
-        ("use_logn_attn", bool),
-        ("load_in_4bit", bool),
-        ("clip_qkv", lambda v: v is not None),
-        ("num_experts", lambda v: v is not None),
-        ("attn_scores_soft_cap", lambda v: v is not None and v > 0),
-    ]:
-        if hasattr(cfg, name) and bad(getattr(cfg, name)):
-            problems.append(f"{name}={getattr(cfg, name)!r}")
-    if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
-        problems.append(f"attention_dir={cfg.attention_dir!r}")
-    if problems:
-        raise ValueError(
-            "model: anchor_interp.patching supports standard pre-LN HookedTransformers only; unsupported "
-            "config: " + ", ".join(problems)
-        )
-
-
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -321,258 +282,117 @@ def _resolve_metric(metric: str | MetricFn | None, inp: _Inputs, d_vocab: int) -
 
 
 # ---------------------------------------------------------------------------------------------
-# the forward engine: run from a cached point to the logits, all variants in one batch
-
-
-def _flat_qkv(attn, which: str) -> tuple[Tensor, Tensor]:
-    W = getattr(attn, f"W_{which.upper()}")  # (H, d_model, d_head)
-    b = getattr(attn, f"b_{which.upper()}")  # (H, d_head)
-    return W.permute(0, 2, 1).reshape(-1, W.shape[1]), b.reshape(-1)  # (H*dh, d_model), (H*dh,)
-
-
-def _project(x: Tensor, attn, which: str) -> Tensor:
-    """x (N, T, d_model) -> (N, T, H, d_head), as TransformerLens's simple_attn_linear."""
-    W, b = _flat_qkv(attn, which)
-    H, dh = attn.b_Q.shape
-    return F.linear(x, W, b).reshape(x.shape[0], x.shape[1], H, dh)
-
-
-def _project_head(x: Tensor, attn, which: str, head: int) -> Tensor:
-    """x (N, T, d_model) -> (N, T, d_head) for one head."""
-    W = getattr(attn, f"W_{which.upper()}")[head]  # (d_model, d_head)
-    b = getattr(attn, f"b_{which.upper()}")[head]
-    return F.linear(x, W.T, b)
-
-
-def _attn_out(
-    model,
-    layer: int,
-    resid: Float[Tensor, "N T d_model"],
-    last_row_only: bool,
-    receivers: Sequence[tuple[int, str]] = (),
-    receiver_delta: Tensor | None = None,
-) -> Float[Tensor, "N Tq d_model"]:
-    """Attention block output (before the residual add) for all rows or only the last query row.
-
-    ``receivers`` are (head, "q"|"k"|"v") whose input is ``ln1(resid + receiver_delta)`` instead of
-    ``ln1(resid)`` (path patching).
-    """
-    block = model.blocks[layer]
-    attn = block.attn
-    x = block.ln1(resid)  # (N, T, d)
-    x_q = x[:, -1:] if last_row_only else x
-    q = _project(x_q, attn, "q")  # (N, Tq, H, dh)
-    k = _project(x, attn, "k")  # (N, T, H, dh)
-    v = _project(x, attn, "v")
-    if receivers:
-        x_rec = block.ln1(resid + receiver_delta)
-        for head, comp in receivers:
-            if comp == "q":
-                q[:, :, head] = _project_head(x_rec[:, -1:] if last_row_only else x_rec, attn, "q", head)
-            elif comp == "k":
-                k[:, :, head] = _project_head(x_rec, attn, "k", head)
-            else:
-                v[:, :, head] = _project_head(x_rec, attn, "v", head)
-    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # (N, H, Tq, T)
-    if not last_row_only and model.cfg.attention_dir == "causal":
-        T = scores.shape[-1]
-        mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-        scores = scores.masked_fill(~mask, -math.inf)
-    pattern = scores.softmax(-1)
-    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-    z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (N, Tq, H, dh)
-    W_O = attn.W_O  # (H, dh, d_model)
-    w = W_O.reshape(-1, W_O.shape[-1]).T.contiguous()  # (d_model, H*dh)
-    return F.linear(z.reshape(z.shape[0], z.shape[1], -1), w, attn.b_O)
-
-
-def _forward_from(
-    model,
-    layer: int,
-    resid: Float[Tensor, "N T d_model"],
-    *,
-    after_attn: bool,
-    last_only: bool,
-    receivers: dict[int, list[tuple[int, str]]] | None = None,
-    receiver_delta: Tensor | None = None,
-) -> Float[Tensor, "N Tq d_vocab"]:
-    """Run blocks ``layer..`` from ``resid`` (``resid_pre``, or ``resid_mid`` if ``after_attn``) to logits.
-
-    With ``last_only`` the final block computes only the last query row and logits are [N, 1, d_vocab].
-    ``layer == n_layers`` means ``resid`` is the final residual stream (only ln_final + unembed run).
-    """
-    cfg = model.cfg
-    n_layers = cfg.n_layers
-    receivers = receivers or {}
-    if last_only and layer >= n_layers:
-        resid = resid[:, -1:]
-    for i in range(layer, n_layers):
-        block = model.blocks[i]
-        final = last_only and i == n_layers - 1
-        if not (i == layer and after_attn):
-            attn_out = _attn_out(model, i, resid, final, receivers.get(i, ()), receiver_delta)
-            resid = (resid[:, -1:] if final else resid) + attn_out  # (N, Tq, d)
-        elif final:
-            resid = resid[:, -1:]
-        if not cfg.attn_only:
-            resid = resid + block.mlp(block.ln2(resid))
-    if cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    logits = model.unembed(resid)
-    cap = getattr(cfg, "output_logits_soft_cap", -1.0)
-    if cap is not None and cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
-
-
-@dataclass
-class _Rows:
-    """Patched runs, one row each: variant ``var`` on batch row ``b``.
-
-    Either ``pos`` + ``row`` (the start residual differs from the unpatched one only at position
-    ``pos``, where it is ``row``), or ``start`` (the whole start residual); ``delta`` is the
-    receivers' extra input in path patching.
-    """
-
-    var: Tensor  # (N,)
-    b: Tensor  # (N,)
-    pos: Tensor | None = None  # (N,)
-    row: Tensor | None = None  # (N, d_model)
-    start: Tensor | None = None  # (N, T, d_model)
-    delta: Tensor | None = None  # (N, T, d_model)
-
-    def __len__(self) -> int:
-        return self.var.shape[0]
-
-    def take(self, index: Tensor) -> _Rows:
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return _Rows(self.var[index], self.b[index], pick(self.pos), pick(self.row), pick(self.start), pick(self.delta))
-
-    @staticmethod
-    def cat(parts: list[_Rows]) -> _Rows:
-        def join(name):
-            ts = [getattr(p, name) for p in parts]
-            return None if ts[0] is None else torch.cat(ts)
-
-        return _Rows(*(join(n) for n in ("var", "b", "pos", "row", "start", "delta")))
-
-
-def _changed_rows(diff: Tensor, var_offset: int, all_rows: bool) -> tuple[Tensor, Tensor]:
-    """(var, b) of the rows to run: those where ``diff`` [v, B, ...] is non-zero (or every row)."""
-    v, B = diff.shape[:2]
-    if all_rows:
-        keep = torch.ones(v, B, dtype=torch.bool, device=diff.device)
-    else:
-        keep = (diff != 0).reshape(v, B, -1).any(-1)
-    var, b = keep.nonzero(as_tuple=True)
-    return var + var_offset, b
+# one patching call: inputs, caches, metric, baselines; runs patched rows through the engine
 
 
 class _Sweep:
-    """Shared state of one patching call: inputs, caches, metric, baselines, and the row engine.
+    """Shared state of one patching call.
 
     Named metrics are batch means of per-row values, so only the rows a patch changes are run (the
-    others keep their corrupted-run value), and a patch at one position right before the final
-    attention block uses the sparse path (:func:`_final_rows`).
+    others keep their corrupted-run value, and rows a patch turns into the clean input take the
+    clean run's value); a patch at one position right before the final attention
+    block takes the engine's sparse path (:meth:`Engine.final_rows`). The clean and corrupted runs
+    are one forward pass (stacked) that keeps only the activations the sweep needs.
     """
 
     def __init__(self, model, clean, corrupt, metric, counterfactual, hooks_clean, hooks_corrupt, max_batch):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch: must be a positive int (sequences per forward pass), got {max_batch!r}")
-        self.model = model
         self.inp = _inputs(model, clean, corrupt, counterfactual)
         self.metric_name, metric_fn = _resolve_metric(metric, self.inp, model.cfg.d_vocab)
+        self.engine = Engine(model)
+        self.model = model
         self.max_batch = max_batch
         self.n_layers = model.cfg.n_layers
-        final_pre = f"blocks.{self.n_layers - 1}.hook_resid_pre"
-        with torch.no_grad():
-            clean_logits, self.clean = _cache(model, self.inp.clean_tokens, hooks_clean)
-            corrupt_logits, self.corrupt = _cache(model, self.inp.corrupt_tokens, [*hooks_corrupt, final_pre])
+        self.B, self.T = self.inp.clean_tokens.shape
+        self.last_only = metric_fn is None
+        final = f"blocks.{self.n_layers - 1}."
+        context = [final + "hook_resid_pre", final + "attn.hook_k", final + "attn.hook_v", final + "attn.hook_q"]
+        names = list(dict.fromkeys([*hooks_clean, *hooks_corrupt, *(context if self.last_only else [])]))
+        with torch.inference_mode():
+            tokens = torch.cat([self.inp.clean_tokens, self.inp.corrupt_tokens])
+            logits, cache = self.engine.run_cached(tokens, names, full_logits=not self.last_only)
+            B = self.B
+            self.clean = {n: cache[n][:B] for n in hooks_clean}
+            self.corrupt = {n: cache[n][B:] for n in names}
+            clean_logits, corrupt_logits = logits[:B], logits[B:]
             self.metric = _Metric(
                 self.metric_name, metric_fn, self.inp.clean_targets, self.inp.corrupt_targets, clean_logits
             )
             self.clean_value = float(self.metric(clean_logits[None])[0])
             self.corrupt_value = float(self.metric(corrupt_logits[None])[0])
-        self.last_only = not self.metric.needs_full_logits
-        self.B, self.T = self.inp.clean_tokens.shape
-        if self.last_only:
-            b = torch.arange(self.B, device=corrupt_logits.device)
-            self.corrupt_rows = self.metric.rows(corrupt_logits[:, -1], b)  # (B,)
-            self.final = _final_context(model, self.corrupt[final_pre])
+            if self.last_only:
+                b = torch.arange(B, device=logits.device)
+                self.corrupt_rows = self.metric.rows(corrupt_logits[:, -1], b)  # (B,)
+                self.clean_rows = self.metric.rows(clean_logits[:, -1], b)
+                self.final = self.engine.final_context(self.corrupt, corrupt_logits[:, -1])
 
     def run(
         self,
         layer: int,
         n_variants: int,
-        make_rows: Callable[[int, int, bool], _Rows],
+        make_rows: Callable[[int, int, bool], Rows],
         *,
         after_attn: bool,
         base: Tensor,
         receivers: dict[int, list[tuple[int, str]]] | None = None,
     ) -> Float[Tensor, " variant"]:
         """Metric of ``n_variants`` patched runs starting at ``layer`` (``resid_pre``, or ``resid_mid``
-        if ``after_attn``); ``make_rows(s, e, all_rows)`` gives the rows of variants s..e-1 and ``base``
-        [B, T, d] is the unpatched start residual."""
+        if ``after_attn``); ``make_rows(s, e, all_rows)`` gives the rows of variants s..e-1 (only the
+        changed ones unless ``all_rows``); ``base`` [B, T, d] is the unpatched start residual."""
         per_chunk = max(1, self.max_batch // self.B)
-        with torch.no_grad():
+        with torch.inference_mode():
             if not self.last_only:  # a user callable: every row, full logits, one call per variant
                 out = []
                 for s in range(0, n_variants, per_chunk):
                     e = min(n_variants, s + per_chunk)
-                    rows = make_rows(s, e, True)
-                    logits = self._forward_rows(rows, layer, after_attn, base, receivers, last_only=False)
+                    logits = self._forward_rows(make_rows(s, e, True), layer, after_attn, base, receivers, False)
                     out.append(self.metric(logits.reshape(e - s, self.B, self.T, -1)))
-                return torch.cat(out)
+                return torch.cat(out).clone()
             table = self.corrupt_rows[None].repeat(n_variants, 1)  # (variant, B)
-            pending: list[_Rows] = []
-
-            def flush():
-                rows = _Rows.cat(pending)
-                pending.clear()
-                for i in range(0, len(rows), self.max_batch):
-                    part = rows.take(slice(i, i + self.max_batch))
-                    last = self._last_logits(part, layer, after_attn, base, receivers)  # (N, d_vocab)
-                    table[part.var, part.b] = self.metric.rows(last, part.b)
-
+            pending: list[Rows] = []
             n_pending = 0
             for s in range(0, n_variants, per_chunk):
                 rows = make_rows(s, min(n_variants, s + per_chunk), False)
+                if rows.is_clean is not None:
+                    done = rows.take(rows.is_clean)
+                    table[done.var, done.b] = self.clean_rows[done.b]
+                    rows = rows.take(~rows.is_clean)
                 if len(rows):
                     pending.append(rows)
                     n_pending += len(rows)
-                if n_pending >= self.max_batch:
-                    flush()
-                    n_pending = 0
-            if pending:
-                flush()
-            return table.mean(1)
+                last_chunk = s + per_chunk >= n_variants
+                if pending and (n_pending >= self.max_batch or last_chunk):
+                    rows = Rows.cat(pending)
+                    pending, n_pending = [], 0
+                    for i in range(0, len(rows), self.max_batch):
+                        part = rows.take(slice(i, i + self.max_batch))
+                        last = self._last_logits(part, layer, after_attn, base, receivers)  # (N, d_vocab)
+                        table[part.var, part.b] = self.metric.rows(last, part.b)
+            return table.mean(1).clone()
 
-    def _last_logits(self, rows: _Rows, layer, after_attn, base, receivers) -> Float[Tensor, "N d_vocab"]:
-        F_ = self.n_layers - 1
+    def _last_logits(self, rows: Rows, layer, after_attn, base, receivers) -> Float[Tensor, "N d_vocab"]:
+        final = self.n_layers - 1
         if rows.pos is not None and not receivers:
-            if after_attn and layer == F_:
+            if after_attn and layer == final:
                 # a change at the final block's output reaches the logits only at the last position
-                out = self.corrupt_logits_rows(rows.b).clone()
-                at_last = rows.pos == self.T - 1
-                if at_last.any():
-                    resid = rows.row[at_last][:, None]  # (n, 1, d)
-                    out[at_last] = _finish(self.model, F_, resid)[:, 0]
+                out = self.final["logits_last"][rows.b].clone()
+                at_last = (rows.pos == self.T - 1).nonzero()[:, 0]
+                if at_last.numel():
+                    resid = self.engine.mlp(final, rows.row[at_last][:, None])
+                    out[at_last] = self.engine.unembed(resid)[:, 0]
                 return out
-            if (after_attn and layer == F_ - 1) or (not after_attn and layer == F_):
-                return _final_rows(self.model, self.final, rows, mlp_layer=layer if after_attn else None)
-        return self._forward_rows(rows, layer, after_attn, base, receivers, last_only=True)[:, -1]
+            if (after_attn and layer == final - 1) or (not after_attn and layer == final):
+                return self.engine.final_rows(self.final, rows, mlp_layer=layer if after_attn else None)
+        return self._forward_rows(rows, layer, after_attn, base, receivers, True)[:, -1]
 
-    def corrupt_logits_rows(self, b: Tensor) -> Tensor:
-        return self.final["logits_last"][b]
-
-    def _forward_rows(self, rows: _Rows, layer, after_attn, base, receivers, last_only) -> Tensor:
+    def _forward_rows(self, rows: Rows, layer, after_attn, base, receivers, last_only) -> Tensor:
         start = rows.start
         if start is None:
             start = base[rows.b].clone()
             start[torch.arange(len(rows), device=start.device), rows.pos] = rows.row
-        return _forward_from(
-            self.model, layer, start, after_attn=after_attn, last_only=last_only,
-            receivers=receivers, receiver_delta=rows.delta,
+        return self.engine.forward_from(
+            layer, start, after_attn=after_attn, last_only=last_only, receivers=receivers, receiver_delta=rows.delta
         )
 
     def result(self, values: Tensor, axes, hook_names, normalise: bool, extra=None) -> PatchResult:
@@ -601,99 +421,18 @@ class _Sweep:
         )
 
 
-def _finish(model, layer: int, resid: Float[Tensor, "N Tq d_model"]) -> Float[Tensor, "N Tq d_vocab"]:
-    """From ``resid_mid`` of ``layer`` (the final block) to logits: MLP, ln_final, unembed."""
-    cfg = model.cfg
-    if not cfg.attn_only:
-        block = model.blocks[layer]
-        resid = resid + block.mlp(block.ln2(resid))
-    if cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    logits = model.unembed(resid)
-    cap = getattr(cfg, "output_logits_soft_cap", -1.0)
-    if cap is not None and cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
-
-
-def _final_context(model, resid_pre_final: Float[Tensor, "B T d_model"]) -> dict[str, Tensor]:
-    """The corrupted run's final-block keys, values, last query and last logits (for :func:`_final_rows`)."""
-    layer = model.cfg.n_layers - 1
-    block = model.blocks[layer]
-    x = block.ln1(resid_pre_final)  # (B, T, d)
-    ctx = {
-        "k": _project(x, block.attn, "k"),  # (B, T, H, dh)
-        "v": _project(x, block.attn, "v"),
-        "q_last": _project(x[:, -1:], block.attn, "q")[:, 0],  # (B, H, dh)
-        "resid_last": resid_pre_final[:, -1],  # (B, d)
-    }
-    attn_out = _attn_out(model, layer, resid_pre_final, True)  # (B, 1, d)
-    ctx["logits_last"] = _finish(model, layer, resid_pre_final[:, -1:] + attn_out)[:, 0]  # (B, d_vocab)
-    return ctx
-
-
-def _final_rows(model, ctx: dict[str, Tensor], rows: _Rows, mlp_layer: int | None) -> Float[Tensor, "N d_vocab"]:
-    """Last-position logits when the final block's input differs from the corrupted run's at one position.
-
-    ``rows.row`` is the residual at ``rows.pos``: ``resid_pre`` of the final block, or ``resid_mid`` of
-    the block before it (``mlp_layer``; its MLP is applied to that row). Only that position's key and
-    value, and the last query row, are recomputed: O(d_model^2) per row instead of O(seq d_model^2).
-    """
-    cfg = model.cfg
-    layer = cfg.n_layers - 1
-    row = rows.row[:, None]  # (N, 1, d)
-    if mlp_layer is not None and not cfg.attn_only:
-        block = model.blocks[mlp_layer]
-        row = row + block.mlp(block.ln2(row))
-    block = model.blocks[layer]
-    attn = block.attn
-    N = row.shape[0]
-    n = torch.arange(N, device=row.device)
-    x = block.ln1(row)  # (N, 1, d)
-    k = ctx["k"][rows.b]  # (N, T, H, dh)
-    v = ctx["v"][rows.b]
-    k[n, rows.pos] = _project(x, attn, "k")[:, 0]
-    v[n, rows.pos] = _project(x, attn, "v")[:, 0]
-    q = ctx["q_last"][rows.b]  # (N, H, dh)
-    resid = ctx["resid_last"][rows.b]  # (N, d)
-    at_last = rows.pos == k.shape[1] - 1
-    if at_last.any():
-        q[at_last] = _project(x[at_last], attn, "q")[:, 0]
-        resid[at_last] = row[at_last, 0]
-    scores = torch.einsum("nhe,nthe->nht", q, k) / attn.attn_scale  # (N, H, T)
-    pattern = scores.softmax(-1)
-    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-    z = torch.einsum("nht,nthe->nhe", pattern, v)  # (N, H, dh)
-    W_O = attn.W_O  # (H, dh, d)
-    w = W_O.reshape(-1, W_O.shape[-1]).T.contiguous()  # (d, H*dh)
-    resid = resid + F.linear(z.reshape(N, -1), w, attn.b_O)  # (N, d)
-    return _finish(model, layer, resid[:, None])[:, 0]
-
-
-def _cache(model, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    names = list(dict.fromkeys(names))
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return logits, {n: cache[n] for n in names}
-
-
 def _resid_mid_names(n_layers: int) -> list[str]:
     return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
         f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)
     ]
 
 
-def _head_delta(model, layer: int, dz: Float[Tensor, "B T H dh"]) -> Float[Tensor, "H B T d_model"]:
-    """Each head's change of the residual stream, ``dz[:, :, h] @ W_O[h]``."""
-    W_O = model.blocks[layer].attn.W_O  # (H, dh, d)
-    return torch.einsum("bthe,hed->hbtd", dz, W_O)
-
-
-def _one_position_rows(diff_vp: Tensor, rows_vp: Tensor, positions: Tensor, s: int, all_rows: bool) -> _Rows:
+def _one_position_rows(diff_vp: Tensor, rows_vp: Tensor, positions: Tensor, s: int, all_rows: bool) -> Rows:
     """Rows for variants that each patch one position: ``diff_vp`` [v, B, ...] says which rows change,
     ``rows_vp`` [v, B, d] is the new residual at the variant's position ``positions`` [v]."""
-    var, b = _changed_rows(diff_vp, s, all_rows)
+    var, b = changed_rows(diff_vp, s, all_rows)
     local = var - s
-    return _Rows(var, b, pos=positions[local], row=rows_vp[local, b])
+    return Rows(var, b, pos=positions[local], row=rows_vp[local, b])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,9 +467,15 @@ def patch_resid_pre(
         clean_r, corrupt_r = sw.clean[names[layer]], sw.corrupt[names[layer]]  # (B, T, d)
         diff = (clean_r - corrupt_r).permute(1, 0, 2)  # (T, B, d): variant = position
         new = clean_r.permute(1, 0, 2)
+        differs = (diff != 0).any(-1)  # (T, B)
+        # a row that differs only at the patched position becomes the clean run exactly
+        becomes_clean = differs & (differs.sum(0) == 1)[None]  # (T, B)
 
-        def make_rows(s, e, all_rows, diff=diff, new=new):
-            return _one_position_rows(diff[s:e], new[s:e], positions[s:e], s, all_rows)
+        def make_rows(s, e, all_rows, diff=diff, new=new, becomes_clean=becomes_clean):
+            rows = _one_position_rows(diff[s:e], new[s:e], positions[s:e], s, all_rows)
+            if not all_rows:
+                rows.is_clean = becomes_clean[rows.var, rows.b]
+            return rows
 
         values.append(sw.run(layer, sw.T, make_rows, after_attn=False, base=corrupt_r))
     return sw.result(torch.stack(values), ("layer", "pos"), names, normalise)
@@ -743,14 +488,14 @@ def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hoo
     values = []
     for layer in range(n_layers):
         dz = dz_of_layer(layer)  # (B, T, H, dh)
-        dres = _head_delta(model, layer, dz)  # (H, B, T, d)
+        dres = sw.engine.head_delta(layer, dz)  # (H, B, T, d)
         base = sw.corrupt[f"blocks.{layer}.hook_resid_pre"] + sw.corrupt[f"blocks.{layer}.hook_attn_out"]
         if not by_pos:
             dz_h = dz.permute(2, 0, 1, 3)  # (H, B, T, dh)
 
             def make_rows(s, e, all_rows, dres=dres, base=base, dz_h=dz_h):
-                var, b = _changed_rows(dz_h[s:e], s, all_rows)
-                return _Rows(var, b, start=base[b] + dres[var, b])
+                var, b = changed_rows(dz_h[s:e], s, all_rows)
+                return Rows(var, b, start=base[b] + dres[var, b])
 
             values.append(sw.run(layer, H, make_rows, after_attn=True, base=base))
             continue
@@ -891,20 +636,20 @@ def path_patch(
     for src_layer in range(n_layers):
         if rec is not None and src_layer >= max(rec):
             continue  # no direct path from here to any receiver
-        dres = _head_delta(model, src_layer, sw.clean[z[src_layer]] - sw.corrupt[z[src_layer]])  # (H, B, T, d)
+        dres = sw.engine.head_delta(src_layer, sw.clean[z[src_layer]] - sw.corrupt[z[src_layer]])  # (H, B, T, d)
         if rec is None:
 
             def make_rows(s, e, all_rows, dres=dres):
-                var, b = _changed_rows(dres[s:e], s, all_rows)
-                return _Rows(var, b, start=base[b] + dres[var, b])
+                var, b = changed_rows(dres[s:e], s, all_rows)
+                return Rows(var, b, start=base[b] + dres[var, b])
 
             vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base)
         else:
             active = {layer: hs for layer, hs in rec.items() if layer > src_layer}
 
             def make_rows(s, e, all_rows, dres=dres):
-                var, b = _changed_rows(dres[s:e], s, all_rows)
-                return _Rows(var, b, start=base[b], delta=dres[var, b])
+                var, b = changed_rows(dres[s:e], s, all_rows)
+                return Rows(var, b, start=base[b], delta=dres[var, b])
 
             vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base, receivers=active)
         values[src_layer] = vals.cpu()

@@ -158,6 +158,16 @@ def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def key_scores(h: dict) -> dict[str, float | None]:
+    """The two pattern scores every label is read against (each in [0, 1], above chance):
+    ``shift_pattern`` and ``broadcast_pattern`` (falling back to ``shift`` / ``broadcast``)."""
+    scores = h.get("scores") or {}
+    return {
+        "shift": scores.get("shift_pattern", scores.get("shift")),
+        "broadcast": scores.get("broadcast_pattern", scores.get("broadcast")),
+    }
+
+
 
 # ----------------------------------------------------------------------------------------------------
 # find_heads
@@ -168,7 +178,7 @@ def find_heads(
     task,
     *,
     seed: int = 0,
-    n_samples: int = 512,
+    n_samples: int = 256,
     n_examples: int = 3,
     patching: bool = True,
     ablation: bool = True,
@@ -459,4 +469,6 @@ def _ablation_checks(model, task, batch, heads, *, method: str, seed: int) -> di
         "loss": r.loss, "kl": r.kl, "kept_fraction": kept,
         "expected": f"accuracy >= {MIN_KEPT_FRACTION} x baseline", "passed": bool(kept >= MIN_KEPT_FRACTION),
     })
+    if not rest:
+        out["checks"][-1]["note"] = "every head is labelled: there is no other head to ablate"
     return out

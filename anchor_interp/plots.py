@@ -109,34 +109,45 @@ def plot_ablation(ablation: dict[str, Any]):
 
 
 def plot_history(history: list[dict[str, Any]]):
-    """Training curves: every numeric column of the history rows against the step (or epoch) column.
-
-    Loss-like columns (name contains "loss") go on the left axis (log scale), accuracy-like columns
-    (name contains "acc") on a right axis in [0, 1]. Raises ValueError if no row has a step or epoch.
+    """Training curves against the epoch (or step): loss columns (name contains "loss", nats) on the
+    left axis, log scale; accuracy columns (name contains "acc", in [0, 1]) dashed on the right axis.
+    Per-group columns (``test_acc/<group>``) are drawn only when there are 2 to 4 groups; other
+    columns (lr, time) are left out. Raises ValueError if the rows have neither epoch nor step.
     """
     if not history:
         raise ValueError("plot_history: the history is empty")
-    xkey = next((k for k in ("step", "epoch") if all(k in r for r in history)), None)
+    xkey = next((k for k in ("epoch", "step") if all(k in r for r in history)), None)
     if xkey is None:
-        raise ValueError("plot_history: history rows need a 'step' or 'epoch' column")
-    keys = [k for k in history[0] if k not in ("step", "epoch")]
-    numeric = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                                      or r.get(k) is None for r in history)]
+        raise ValueError("plot_history: history rows need an 'epoch' or 'step' column")
+    keys = list(dict.fromkeys(k for r in history for k in r))
+
+    def numeric(k):
+        vals = [r.get(k) for r in history]
+        return any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in vals)
+
+    per_group = [k for k in keys if "/" in k]
+    losses = [k for k in keys if "loss" in k and "/" not in k and numeric(k)]
+    accs = [k for k in keys if "acc" in k and "/" not in k and numeric(k)]
+    if 1 < len(per_group) <= 4:  # one group: the same curve as test_acc
+        accs += [k for k in per_group if "acc" in k and numeric(k)]
     xs = [r[xkey] for r in history]
     fig = _figure(6.0, 3.0)
     ax = fig.add_subplot()
     ax2 = ax.twinx()
     lines = []
-    for k in numeric:
+    for k in losses + accs:
         ys = [math.nan if r.get(k) is None else float(r[k]) for r in history]
-        target = ax2 if "acc" in k else ax
-        lines += target.plot(xs, ys, label=k, linestyle="--" if "acc" in k else "-")
+        if all(math.isnan(y) for y in ys):
+            continue
+        acc = k in accs
+        lines += (ax2 if acc else ax).plot(xs, ys, label=k, linestyle="--" if acc else "-")
     ax.set_xlabel(xkey)
-    ax.set_ylabel("loss")
-    if any("loss" in k for k in numeric):
+    ax.set_ylabel("loss (nats)")
+    if losses:
         ax.set_yscale("log")
     ax2.set_ylabel("accuracy")
-    ax2.set_ylim(0, 1.02)
+    ax2.set_ylim(-0.02, 1.02)
     if lines:
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center right")
     ax.set_title("training history", fontsize=9)

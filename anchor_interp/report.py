@@ -23,7 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from anchor_interp.pipeline import FindHeadsResult, atomic_write_bytes, atomic_write_text, json_safe
+from anchor_interp.pipeline import (
+    FindHeadsResult,
+    atomic_write_bytes,
+    atomic_write_text,
+    json_safe,
+    key_scores,
+)
 
 BUNDLE_MARKER = "anchor-interp-circuitsvis-bundle"
 
@@ -55,18 +61,22 @@ def json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict) -> dict[str, Path]:
-    """Every file `write_report` would write for ``result``: ``{"html": ..., "<figure>": png path}``.
+def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict | None = None) -> dict[str, Path]:
+    """Every file `write_report` would write: ``{"html": path, "<figure>": png path, ...}``.
 
-    PNGs go next to the HTML as ``<stem>_<figure>.png``. Lets a caller check for files it would
-    overwrite before computing anything.
+    PNGs go next to the HTML as ``<stem>_<figure>.png``. With ``result=None``: every file a find_heads
+    result can lead to (so a caller can refuse to overwrite before computing anything).
     """
-    from anchor_interp.plots import figure_names
+    from anchor_interp.pipeline import PATCHING_SWEEPS
+    from anchor_interp.plots import _slug, figure_names
 
     path = Path(path)
-    d = result.to_dict() if isinstance(result, FindHeadsResult) else result
+    if result is None:
+        names = ["head_patterns", *("patching_" + _slug(n) for n, _, _ in PATCHING_SWEEPS), "ablation", "history"]
+    else:
+        names = figure_names(result.to_dict() if isinstance(result, FindHeadsResult) else result)
     out = {"html": path}
-    for name in figure_names(d):
+    for name in names:
         out[name] = path.with_name(f"{path.stem}_{name}.png")
     return out
 
@@ -83,16 +93,16 @@ def write_report(
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"report path {path} must end in .html")
-    pngs: dict[str, bytes] = {}
-    if figures:
-        from anchor_interp.plots import figure_png, result_figures
+    from anchor_interp.plots import figure_names, figure_png, result_figures
 
-        pngs = {name: figure_png(fig) for name, fig in result_figures(res.to_dict()).items()}
-    targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in pngs]
-    if not overwrite:
+    d = res.to_dict()
+    names = figure_names(d) if figures else []
+    if not overwrite:  # check before drawing anything
+        targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in names]
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"would overwrite {', '.join(existing)}; pass overwrite=True (CLI: --force)")
+    pngs = {name: figure_png(fig) for name, fig in result_figures(d).items()} if figures else {}
     for name, data in pngs.items():
         atomic_write_bytes(path.with_name(f"{path.stem}_{name}.png"), data)
     atomic_write_text(path, render_html(res, pngs))
@@ -257,27 +267,30 @@ def _heads_section(d: dict[str, Any]) -> str:
         label = h.get("label") or "?"
         detail = f"offset {h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
         scores = h.get("scores") or {}
-        top = sorted(scores.items(), key=lambda kv: -(kv[1] if isinstance(kv[1], (int, float)) else 0))[:4]
-        score_txt = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in top)
+        ks = key_scores(h)
+        all_scores = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in scores.items())
         notes = "; ".join(str(n) for n in h.get("notes") or [])
         rows.append(
             f'<tr class="{_e(label)}" data-head="{_e(h.get("name"))}">'
             f'<td class="num">{_e(h.get("layer"))}</td><td class="num">{_e(h.get("head"))}</td>'
             f"<td>{_e(h.get('name'))}</td><td class=\"label\">{_e(label)}</td><td>{_e(detail)}</td>"
-            f'<td class="num">{_e(_fmt(h.get("confidence"), 2))}</td>'
+            f'<td class="num">{_e(_fmt(ks["shift"], 2))}</td><td class="num">{_e(_fmt(ks["broadcast"], 2))}</td>'
             f'<td class="num">{_e(_fmt(h.get("causal_effect")))}</td><td>{_e(h.get("counterfactual") or "–")}</td>'
-            f"<td>{_e(h.get('group') or '')}</td><td>{_e(score_txt)}</td><td class=\"note\">{_e(notes)}</td></tr>"
+            f'<td class="num">{_e(_fmt(h.get("confidence"), 2))}</td>'
+            f"<td>{_e(h.get('group') or '')}</td><td class=\"note\">{_e(notes)}</td>"
+            f'<td class="note"><details><summary>{len(scores)}</summary>{_e(all_scores)}</details></td></tr>'
         )
     head_row = "".join(
         f"<th>{c}</th>"
-        for c in ("layer", "head", "name", "label", "offset / kind", "confidence", "causal effect",
-                  "counterfactual", "group", "top scores", "notes")
+        for c in ("layer", "head", "name", "label", "offset / kind", "shift pattern", "broadcast pattern",
+                  "causal effect", "counterfactual", "confidence", "group", "notes", "all scores")
     )
     out = [
         '<h2 id="heads">Head labels</h2>',
         '<p class="note">One row per head, ordered by layer and head; click a column header to sort. '
-        "Scores are in [0, 1] (how far above a uniform head); the causal effect is measured under the "
-        "counterfactual named beside it.</p>",
+        "Pattern scores are in [0, 1]: 0 = what a uniform head gets, 1 = all attention in the pattern. "
+        "The causal effect is the normalised patching effect (1 = patching this head restores the clean "
+        "answer) under the counterfactual beside it. See docs/report.md.</p>",
         f'<table id="head-table" class="sortable"><thead><tr>{head_row}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
     ]
     groups = d.get("groups") or []
@@ -285,14 +298,21 @@ def _heads_section(d: dict[str, Any]) -> str:
         grow = "".join(
             f"<tr><td>{_e(g.get('name'))}</td><td>{_e(g.get('label', ''))}</td>"
             f"<td>{_e(', '.join(g.get('heads') or []))}</td><td class=\"num\">{_e(_fmt(g.get('joint_effect')))}</td>"
-            f"<td>{_e(g.get('metric', ''))}</td></tr>"
+            f"<td>{_e(g.get('metric', ''))}</td><td>{_e(_individual(g))}</td></tr>"
             for g in groups
         )
         out.append(
-            '<h3>Head groups</h3><table id="group-table"><thead><tr><th>group</th><th>label</th><th>heads</th>'
-            f"<th>joint effect</th><th>measured as</th></tr></thead><tbody>{grow}</tbody></table>"
+            '<h3>Head groups</h3><p class="note">Heads that carry one operation together, with the effect of '
+            "ablating them all at once.</p>"
+            '<table id="group-table"><thead><tr><th>group</th><th>label</th><th>heads</th>'
+            f"<th>joint effect</th><th>measured as</th><th>each head alone</th></tr></thead><tbody>{grow}</tbody></table>"
         )
     return "\n".join(out)
+
+
+def _individual(g: dict[str, Any]) -> str:
+    ind = g.get("individual_effects") or {}
+    return ", ".join(f"{k} {_fmt(v, 2)}" for k, v in ind.items())
 
 
 def _token_spans(ex: dict[str, Any]) -> str:
@@ -376,7 +396,8 @@ def _evidence_section(d: dict[str, Any], pngs: dict[str, bytes]) -> str:
     if abl.get("checks"):
         out.append(_img("ablation", pngs, f"Held-out accuracy after {abl.get('method', '')} ablation."))
         rows = "".join(
-            f"<tr><td>{_e(c.get('name'))}</td><td>{_e(', '.join(c.get('heads') or []))}</td>"
+            f"<tr><td>{_e(c.get('name'))}</td><td>{_e(', '.join(c.get('heads') or []) or '(none)')}"
+            f"{'<br><span class=note>' + _e(c['note']) + '</span>' if c.get('note') else ''}</td>"
             f'<td class="num">{_e(_fmt(c.get("accuracy")))}</td><td class="num">{_e(_fmt(c.get("loss")))}</td>'
             f"<td>{_e(c.get('expected', ''))}</td>"
             f"<td class=\"{'pass' if c.get('passed') else 'fail'}\">{'pass' if c.get('passed') else 'FAIL'}</td></tr>"

@@ -204,14 +204,15 @@ def stacked_forward(
 ) -> Float[Tensor, "k batch d_vocab_out"]:
     """Last-position logits of k stacked HookedTransformers (same math as ``model(tokens)[:, -1]``).
 
-    ``params[name]`` has shape (k, *shape of the HookedTransformer parameter ``name``). The last layer
-    is computed for the last query position only, which leaves the scored logits unchanged.
+    ``params[name]`` has shape (k, *shape of the HookedTransformer parameter ``name``). Every matmul is
+    one bmm over the model axis. The last layer is computed for the last query position only, which
+    leaves the scored logits unchanged.
     """
     k, B, T = tokens.shape
     W_E = params["embed.W_E"]  # (k, V, d)
-    V = W_E.shape[1]
+    V, d = W_E.shape[1], W_E.shape[2]
     offsets = (torch.arange(k, device=tokens.device) * V).view(k, 1, 1)
-    x = W_E.reshape(k * V, -1)[tokens + offsets]  # (k, B, T, d)
+    x = W_E.reshape(k * V, d)[tokens + offsets]  # (k, B, T, d)
     x = x + params["pos_embed.W_pos"][:, None, :T, :]  # (k, B, T, d)
     nh, hs = cfg.n_heads, cfg.d_head
     scale = math.sqrt(hs) if cfg.use_attn_scale else 1.0
@@ -219,28 +220,33 @@ def stacked_forward(
         scale = cfg.attn_scale
     causal = cfg.attention_dir == "causal"
     ln = cfg.normalization_type is not None
+    mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril() if causal else None
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
         last = layer == cfg.n_layers - 1
         Tq = 1 if last else T
         h = _layer_norm(x, params.get(p + "ln1.w"), params.get(p + "ln1.b"), cfg.eps) if ln else x
-        hq = h[:, :, -1:] if last else h
-        # (k, B, T, d) x (k, nh, d, hs) -> (k, B, nh, T, hs)
-        q = torch.einsum("kbtd,khde->kbhte", hq, params[p + "attn.W_Q"]) + params[p + "attn.b_Q"][:, None, :, None, :]
-        kk = torch.einsum("kbtd,khde->kbhte", h, params[p + "attn.W_K"]) + params[p + "attn.b_K"][:, None, :, None, :]
-        v = torch.einsum("kbtd,khde->kbhte", h, params[p + "attn.W_V"]) + params[p + "attn.b_V"][:, None, :, None, :]
+        hq = h[:, :, -1:] if last else h  # (k, B, Tq, d)
+        # weights (k, nh, d, hs) -> (k, d, nh*hs): one bmm per projection
+        W_Q = params[p + "attn.W_Q"].permute(0, 2, 1, 3).reshape(k, d, nh * hs)
+        W_KV = torch.cat([params[p + "attn.W_K"], params[p + "attn.W_V"]], 1).permute(0, 2, 1, 3).reshape(k, d, 2 * nh * hs)
+        q = (hq.reshape(k, B * Tq, d) @ W_Q).view(k, B, Tq, nh, hs).transpose(2, 3)  # (k, B, nh, Tq, hs)
+        q = q + params[p + "attn.b_Q"][:, None, :, None, :]
+        kv = (h.reshape(k, B * T, d) @ W_KV).view(k, B, T, 2, nh, hs)
+        kk = kv[:, :, :, 0].transpose(2, 3) + params[p + "attn.b_K"][:, None, :, None, :]  # (k, B, nh, T, hs)
+        v = kv[:, :, :, 1].transpose(2, 3) + params[p + "attn.b_V"][:, None, :, None, :]  # (k, B, nh, T, hs)
         att = (q @ kk.transpose(-1, -2)) / scale  # (k, B, nh, Tq, T)
         if causal and Tq > 1:
-            mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
             att = att.masked_fill(~mask, float("-inf"))
         att = att.softmax(dim=-1)
-        z = att @ v  # (k, B, nh, Tq, hs)
-        attn_out = torch.einsum("kbhte,khed->kbtd", z, params[p + "attn.W_O"]) + params[p + "attn.b_O"][:, None, None, :]
-        x = (x[:, :, -1:] if last else x) + attn_out  # (k, B, Tq, d)
+        z = (att @ v).transpose(2, 3).reshape(k, B * Tq, nh * hs)  # (k, B*Tq, nh*hs)
+        attn_out = z @ params[p + "attn.W_O"].reshape(k, nh * hs, d) + params[p + "attn.b_O"][:, None, :]
+        x = (x[:, :, -1:] if last else x) + attn_out.view(k, B, Tq, d)  # (k, B, Tq, d)
         if not cfg.attn_only:
             h = _layer_norm(x, params.get(p + "ln2.w"), params.get(p + "ln2.b"), cfg.eps) if ln else x
-            pre = h @ params[p + "mlp.W_in"][:, None] + params[p + "mlp.b_in"][:, None, None, :]
-            x = x + _ACTS[cfg.act_fn](pre) @ params[p + "mlp.W_out"][:, None] + params[p + "mlp.b_out"][:, None, None, :]
+            pre = h.reshape(k, B * Tq, d) @ params[p + "mlp.W_in"] + params[p + "mlp.b_in"][:, None, :]
+            post = _ACTS[cfg.act_fn](pre) @ params[p + "mlp.W_out"] + params[p + "mlp.b_out"][:, None, :]
+            x = x + post.view(k, B, Tq, d)
     x = x[:, :, -1]  # (k, B, d)
     if ln:
         x = _layer_norm(x, params.get("ln_final.w"), params.get("ln_final.b"), cfg.eps)
@@ -368,7 +374,7 @@ def evaluate_stacked(params, cfg, tokens, targets, group, task, chunk: int = 409
 
     tokens: (k, n, seq); targets, group: (k, n). Accuracy in [0, 1]; loss in nats (mean cross-entropy).
     Rows with target -1 are skipped. Masked groups never count toward ``test_acc``; it is the
-    accuracy over seen groups (``test_acc_masked`` reports the masked ones; NaN when there are none).
+    accuracy over seen groups (``test_acc_masked`` reports the masked ones; None when there are none).
     """
     k, n, _ = tokens.shape
     losses, correct = [], []
@@ -399,9 +405,9 @@ def evaluate_stacked(params, cfg, tokens, targets, group, task, chunk: int = 409
     return rows
 
 
-def _nanmean(x: Tensor) -> float:
+def _nanmean(x: Tensor) -> float | None:
     x = x[~torch.isnan(x)]
-    return float(x.mean()) if x.numel() else float("nan")
+    return float(x.mean()) if x.numel() else None
 
 
 def _stack_batches(batches) -> tuple[Tensor, Tensor, Tensor]:
@@ -593,7 +599,7 @@ def train_many(
                 row.update(rows[i])
                 row["time_s"] = round(elapsed0 + time.perf_counter() - t0, 3)
                 histories[i].append(row)
-                if rec.early_stop_acc is not None and row["test_acc"] >= rec.early_stop_acc:
+                if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
                     done[i] = True
                     snapshots[i] = {"params": {n: t[i].detach().clone() for n, t in params.items()},
                                     "opt": {n: t.clone() for n, t in opt.state_slice(i).items()},
@@ -602,7 +608,7 @@ def train_many(
             if progress:
                 live = [h[-1] for h in histories if h]
                 bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
-                                test_acc=f"{sum(r['test_acc'] for r in live) / len(live):.3f}")
+                                test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
         if rec.checkpoint_every and epoch % rec.checkpoint_every == 0 and step < total_steps and not all(done):
             for i in range(k):
                 save(i, True)
@@ -739,6 +745,8 @@ def write_history(history: list[dict], out_dir: str | os.PathLike) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
@@ -747,6 +755,10 @@ def _fmt(v) -> str:
 def read_history_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) if v not in ("",) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _nan(v) -> float:
+    return float("nan") if v is None else v
 
 
 def plot_history_png(history: list[dict], title: str = "") -> bytes:
@@ -761,15 +773,15 @@ def plot_history_png(history: list[dict], title: str = "") -> bytes:
     ep = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
     a1.plot(ep, [r["train_loss"] for r in history], label="train")
-    a1.plot(ep, [r["test_loss"] for r in history], label="held-out")
+    a1.plot(ep, [_nan(r["test_loss"]) for r in history], label="held-out")
     a1.set_yscale("log")
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss (nats, last position)")
     a1.legend()
     a2.plot(ep, [r["train_acc"] for r in history], label="train")
-    a2.plot(ep, [r["test_acc"] for r in history], label="held-out (seen groups)")
-    if any(not math.isnan(r.get("test_acc_masked", float("nan"))) for r in history):
-        a2.plot(ep, [r["test_acc_masked"] for r in history], label="held-out (masked groups)")
+    a2.plot(ep, [_nan(r["test_acc"]) for r in history], label="held-out (seen groups)")
+    if any(r.get("test_acc_masked") is not None for r in history):
+        a2.plot(ep, [_nan(r.get("test_acc_masked")) for r in history], label="held-out (masked groups)")
     a2.set_ylim(-0.02, 1.02)
     a2.set_xlabel("epoch")
     a2.set_ylabel("accuracy")

@@ -8,6 +8,7 @@ same inputs, logit-difference metric, no gradients, no progress bar. Each repeti
 (interleaved); we report medians and their ratio, and check the outputs agree to ``--atol``.
 
     .venv/bin/python benchmarks/bench_patching.py                 # batch 64 and 4, 7 repetitions
+    .venv/bin/python benchmarks/bench_patching.py --corrupt resample     # pairs differing everywhere
     .venv/bin/python benchmarks/bench_patching.py --batch 64 --reps 3 --json /tmp/bench.json
 """
 
@@ -45,12 +46,18 @@ def load_model(which: str, seed: int):
     return build_model(cfg).eval(), None, "random 2L4H attn-only d_model 128"
 
 
-def make_inputs(model, task, batch: int, seed: int):
+def make_inputs(model, task, batch: int, seed: int, corrupt_kind: str = "key_swap"):
+    """Clean and corrupted inputs: the task's counterfactual (``key_swap``, ``anchor_move``), or
+    ``resample`` = an independent sample (the two then differ at every position; the worst case for
+    our row skipping). Without a task: random tokens and targets (also differing everywhere)."""
     import torch
 
     if task is not None:
         clean = task.sample(batch, split="test", seed=seed)
-        corrupt = task.counterfactual(clean, "key_swap", seed=seed + 1)
+        if corrupt_kind == "resample":
+            corrupt = task.sample(batch, split="test", seed=seed + 1000)
+        else:
+            corrupt = task.counterfactual(clean, corrupt_kind, seed=seed + 1)
         return clean, corrupt
     from types import SimpleNamespace
 
@@ -113,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=["default", "random"], default="default")
     p.add_argument("--batch", type=int, nargs="+", default=[64, 4])
     p.add_argument("--sweeps", nargs="+", choices=["head_out_by_pos", "resid_pre"], default=["head_out_by_pos", "resid_pre"])
+    p.add_argument("--corrupt", choices=["key_swap", "anchor_move", "resample"], default="key_swap",
+                   help="how the corrupted batch is made (with a task; default key_swap)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--atol", type=float, default=1e-5)
@@ -127,11 +136,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model, task, desc = load_model(args.model, args.seed)
     rows = []
-    print(f"model: {desc}; torch {torch.__version__}, {args.threads} thread(s), {args.reps} reps, medians")
+    pairs = args.corrupt if task is not None else "random tokens"
+    print(f"model: {desc}; pairs: {pairs}; torch {torch.__version__}, {args.threads} thread(s), {args.reps} reps, medians")
     print(f"{'sweep':16} {'batch':>5} {'sites':>5} {'ours ms':>9} {'TL ms':>9} {'speedup':>8} {'max|diff|':>10}")
     for sweep in args.sweeps:
         for batch in args.batch:
-            clean, corrupt = make_inputs(model, task, batch, args.seed)
+            clean, corrupt = make_inputs(model, task, batch, args.seed, args.corrupt)
             r = time_sweep(sweep, model, clean, corrupt, args.reps, args.atol)
             rows.append(r)
             print(
@@ -142,6 +152,7 @@ def main(argv=None) -> int:
     out = {
         "benchmark": "patching",
         "model": desc,
+        "pairs": pairs,
         "machine": platform.platform(),
         "processor": platform.processor(),
         "torch": torch.__version__,

@@ -120,6 +120,10 @@ def test_from_json_rejects_bad_results(capsys, tmp_path):
     rc, _, err = _run(capsys, "--from-json", str(bad), "--report", str(tmp_path / "r.html"))
     assert rc == 2 and "schema_version" in _one_error_line(err)
     assert not (tmp_path / "r.html").exists()
+    good = synthetic_result().save_json(tmp_path / "good.json")
+    for extra in (["--no-report"], ["--json", str(tmp_path / "x.json")], ["--task", "identity"]):
+        rc, _, err = _run(capsys, "--from-json", str(good), *extra)
+        assert rc == 2 and "does not apply" in _one_error_line(err)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +187,31 @@ def test_no_arguments_analyses_the_default_model(capsys, tmp_path, monkeypatch):
     rc, _, err = _run(capsys, "--quiet")
     assert rc == 2 and "--force" in _one_error_line(err)
     assert report.stat().st_mtime_ns == mtime
+
+
+def test_train_then_analyse(capsys, tmp_path):
+    """--train trains a fresh small model (1 epoch here) and analyses it; the JSON records how it was made."""
+    js = tmp_path / "t.json"
+    rc, out, err = _run(capsys, "--train", "--epochs", "1", "--seed", "2", "--n-samples", "64", "--json", str(js),
+                        "--no-report", "--quiet")
+    assert rc == 0, err
+    res = FindHeadsResult.load_json(js)
+    assert res.model["source"].startswith("trained now (preset small, recipe fast, 1 epochs, seed 2)")
+    assert [r["epoch"] for r in res.history] == [1]
+    assert res.accuracy["n"] == 64 and res.seed == 2
+    assert not list(tmp_path.glob("*.html"))
+
+
+def test_train_only_options_need_train(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--epochs", "3")
+    assert rc == 2 and "--epochs applies only with --train" in _one_error_line(err)
+    rc, _, err = _run(capsys, "--train", "--recipe", "nope", "--no-report", "--json", str(tmp_path / "t.json"))
+    assert rc == 2 and "unknown recipe" in _one_error_line(err)
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_existing_figure_blocks_the_run_before_any_work(capsys, tmp_path):
+    (tmp_path / "r_history.png").write_bytes(b"mine")
+    rc, _, err = _run(capsys, "--report", str(tmp_path / "r.html"))
+    assert rc == 2 and "r_history.png" in _one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r_history.png"]  # no JSON written either

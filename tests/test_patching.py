@@ -20,6 +20,7 @@ from fixtures_patching import (
     float64_default,
     make_model,
     make_pair,
+    saturated_switch_model,
     session_models,
 )
 
@@ -49,10 +50,11 @@ def tl_reference(fn_name: str, model, clean: Pair, corrupt: Pair, metric=None):
 # ------------------------------------------------------------------------------------------ parity
 
 
+@pytest.mark.parametrize("one_token", [False, True], ids=["differ_everywhere", "differ_at_one_position"])
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))
-def test_parity_with_transformer_lens(patch_models, kind):
+def test_parity_with_transformer_lens(patch_models, kind, one_token):
     model = patch_models[kind]
-    clean, corrupt = make_pair(batch=5, seed=1)
+    clean, corrupt = make_pair(batch=6, seed=1, one_token=one_token)
     cases = [
         (P.patch_resid_pre(model, clean, corrupt, normalise=False), "get_act_patch_resid_pre", None),
         (P.patch_head_out(model, clean, corrupt, normalise=False), "get_act_patch_attn_head_out_all_pos", None),
@@ -126,6 +128,26 @@ def test_chunking_does_not_change_results(patch_models):
         small = fn(model, clean, corrupt, normalise=False, max_batch=1).values  # one variant per forward
         mid = fn(model, clean, corrupt, normalise=False, max_batch=12).values
         assert torch.allclose(big, small, atol=1e-12) and torch.allclose(big, mid, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_own_cached_forward_matches_run_with_cache(patch_models, kind):
+    from anchor_interp.patch_engine import Engine
+
+    model = patch_models[kind]
+    clean, _ = make_pair(batch=3, seed=15)
+    L = model.cfg.n_layers
+    names = [f"blocks.{layer}.{h}" for layer in range(L) for h in (
+        "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern", "attn.hook_z",
+        "hook_attn_out", "hook_resid_post")]
+    with torch.no_grad():
+        ref_logits, ref = model.run_with_cache(clean.tokens)
+        logits, ours = Engine(model).run_cached(clean.tokens, names, full_logits=True)
+        last, _ = Engine(model).run_cached(clean.tokens, [f"blocks.{L - 1}.hook_resid_pre"], full_logits=False)
+    assert torch.allclose(logits, ref_logits, atol=1e-10) and last.shape == (3, 1, model.cfg.d_vocab)
+    assert torch.allclose(last[:, 0], ref_logits[:, -1], atol=1e-10)
+    for name in names:
+        assert torch.allclose(ours[name], ref[name], atol=1e-10), name
 
 
 # ------------------------------------------------------------------------------------------ path patching
@@ -386,3 +408,15 @@ def test_errors_name_the_problem(patch_models):
     rotary.cfg.positional_embedding_type = "rotary"
     with pytest.raises(ValueError, match="positional_embedding_type"):
         P.patch_resid_pre(rotary, clean, corrupt)
+
+
+def test_attribution_misses_a_saturated_head_and_is_flagged():
+    model, clean, corrupt = saturated_switch_model()
+    exact = P.patch_head_out(model, clean, corrupt)
+    assert exact.clean_value == pytest.approx(10.0, abs=1e-6) and exact.corrupt_value == pytest.approx(-10.0, abs=1e-6)
+    assert exact.values[0, 0] == pytest.approx(1.0, abs=1e-6)  # the switch-copying head decides the answer
+    assert exact.values[1, 0] == pytest.approx(1.0, abs=1e-6)
+    check = P.compare_attribution(model, clean, corrupt, top_k=1, tolerance=0.1)
+    assert abs(float(check.attribution.values[0, 0])) < 1e-6  # no gradient through the saturated softmax
+    assert check.attribution.values[1, 0] == pytest.approx(1.0, abs=1e-6)  # linear path: exact
+    assert [(d["name"], d["reason"]) for d in check.disagreements] == [("L0H0", "missed")]

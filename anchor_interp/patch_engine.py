@@ -1,0 +1,353 @@
+"""The forward computation behind :mod:`anchor_interp.patching`: a HookedTransformer run from a cached
+point, many patched runs stacked along the batch dimension.
+
+It recomputes what TransformerLens's blocks compute (pre-LN attention and MLP, standard positional
+embeddings) from the model's own weights and LayerNorm/MLP modules, so that a patched run can
+start at any layer, the final block can attend from the last query row only, and a patch at a single
+position can be propagated through the final block without recomputing the other positions. Only
+``check_model``-approved architectures are accepted; tests/test_patching.py checks every path
+against ``model.run_with_cache`` and ``transformer_lens.patching`` in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+ATTN_PARTS = ("q", "k", "v", "pattern", "z")
+
+
+def check_model(model: Any) -> None:
+    """Raise ValueError unless ``model`` is a HookedTransformer whose architecture this module computes.
+
+    Supported: standard (learned absolute) positional embeddings, pre-LayerNorm (LN, LNPre, RMS,
+    RMSPre or none), causal or bidirectional attention, with or without MLPs; not supported: rotary,
+    grouped-query, local attention, parallel attention+MLP, soft-capped scores, mixture of experts.
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "run_with_cache"):
+        raise ValueError(
+            f"model must be a TransformerLens HookedTransformer (with .cfg, .blocks, .run_with_cache), "
+            f"got {type(model).__name__}"
+        )
+    problems = []
+    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (need 'standard')")
+    for name, bad in [
+        ("n_key_value_heads", lambda v: v is not None),
+        ("use_local_attn", bool),
+        ("parallel_attn_mlp", bool),
+        ("use_normalization_before_and_after", bool),
+        ("use_attention_sinks", bool),
+        ("use_qk_norm", bool),
+        ("use_logn_attn", bool),
+        ("load_in_4bit", bool),
+        ("post_embedding_ln", bool),
+        ("clip_qkv", lambda v: v is not None),
+        ("num_experts", lambda v: v is not None),
+        ("attn_scores_soft_cap", lambda v: v is not None and v > 0),
+    ]:
+        if hasattr(cfg, name) and bad(getattr(cfg, name)):
+            problems.append(f"{name}={getattr(cfg, name)!r}")
+    if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
+        problems.append(f"attention_dir={cfg.attention_dir!r}")
+    if problems:
+        raise ValueError(
+            "model: anchor_interp.patching supports standard pre-LN HookedTransformers only; unsupported "
+            "config: " + ", ".join(problems)
+        )
+
+
+@dataclass
+class Rows:
+    """Patched runs, one row each: variant ``var`` on batch row ``b``.
+
+    Either ``pos`` + ``row`` (the start residual differs from the unpatched one only at position
+    ``pos``, where it is ``row``), or ``start`` (the whole start residual); ``delta`` is the
+    receivers' extra input in path patching.
+    """
+
+    var: Tensor  # (N,)
+    b: Tensor  # (N,)
+    pos: Tensor | None = None  # (N,)
+    row: Tensor | None = None  # (N, d_model)
+    start: Tensor | None = None  # (N, T, d_model)
+    delta: Tensor | None = None  # (N, T, d_model)
+    is_clean: Tensor | None = None  # (N,) bool: the patched run is exactly the clean run
+
+    def __len__(self) -> int:
+        return self.var.shape[0]
+
+    def take(self, index) -> Rows:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Rows(
+            self.var[index], self.b[index], pick(self.pos), pick(self.row), pick(self.start), pick(self.delta),
+            pick(self.is_clean),
+        )
+
+    @staticmethod
+    def cat(parts: list[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
+
+        def join(name):
+            ts = [getattr(p, name) for p in parts]
+            return None if ts[0] is None else torch.cat(ts)
+
+        return Rows(*(join(n) for n in ("var", "b", "pos", "row", "start", "delta", "is_clean")))
+
+
+def changed_rows(diff: Tensor, var_offset: int, all_rows: bool) -> tuple[Tensor, Tensor]:
+    """(var, b) of the rows to run: those where ``diff`` [v, B, ...] is non-zero (or every row)."""
+    v, B = diff.shape[:2]
+    if all_rows:
+        keep = torch.ones(v, B, dtype=torch.bool, device=diff.device)
+    else:
+        keep = (diff != 0).reshape(v, B, -1).any(-1)
+    var, b = keep.nonzero(as_tuple=True)
+    return var + var_offset, b
+
+
+@dataclass
+class _LayerWeights:
+    W_qkv: Tensor  # (3*H*dh, d_model): rows q, then k, then v (TransformerLens's head-major layout)
+    b_qkv: Tensor  # (3*H*dh,)
+    W_out: Tensor  # (d_model, H*dh)
+
+
+class Engine:
+    """A HookedTransformer's forward pass, restartable from any layer; weights laid out once per call."""
+
+    def __init__(self, model):
+        check_model(model)
+        self.model = model
+        cfg = model.cfg
+        self.cfg = cfg
+        self.n_layers = cfg.n_layers
+        self.H, self.dh = cfg.n_heads, cfg.d_head
+        self.causal = cfg.attention_dir == "causal"
+        self.w = []
+        for block in model.blocks:
+            attn = block.attn
+            Ws = [getattr(attn, f"W_{c}").permute(0, 2, 1).reshape(-1, cfg.d_model) for c in "QKV"]
+            bs = [getattr(attn, f"b_{c}").reshape(-1) for c in "QKV"]
+            W_O = attn.W_O  # (H, dh, d)
+            self.w.append(_LayerWeights(torch.cat(Ws), torch.cat(bs), W_O.reshape(-1, W_O.shape[-1]).T.contiguous()))
+
+    # -------------------------------------------------------------------------------- pieces
+
+    def _split(self, t: Tensor) -> Tensor:
+        return t.reshape(*t.shape[:-1], self.H, self.dh)
+
+    def qkv(self, layer: int, x: Tensor, which: str) -> Tensor:
+        """x [..., d_model] -> [..., H, dh] for ``which`` in q/k/v/kv/qkv (stacked on a new dim 0 if >1)."""
+        w = self.w[layer]
+        n = self.H * self.dh
+        sl = {"q": slice(0, n), "k": slice(n, 2 * n), "v": slice(2 * n, 3 * n), "kv": slice(n, 3 * n), "qkv": slice(0, 3 * n)}[which]
+        out = F.linear(x, w.W_qkv[sl], w.b_qkv[sl])
+        if len(which) == 1:
+            return self._split(out)
+        return out.reshape(*out.shape[:-1], len(which), self.H, self.dh).movedim(-3, 0)
+
+    def qkv_head(self, layer: int, x: Tensor, comp: str, head: int) -> Tensor:
+        """One head's q, k or v: x [..., d_model] -> [..., dh]."""
+        attn = self.model.blocks[layer].attn
+        return F.linear(x, getattr(attn, f"W_{comp.upper()}")[head].T, getattr(attn, f"b_{comp.upper()}")[head])
+
+    def out(self, layer: int, z: Tensor) -> Tensor:
+        """z [..., H, dh] -> attention output [..., d_model] (with b_O)."""
+        return F.linear(z.flatten(-2), self.w[layer].W_out, self.model.blocks[layer].attn.b_O)
+
+    def attn_scale(self, layer: int) -> float:
+        return self.model.blocks[layer].attn.attn_scale
+
+    def attn_out(
+        self,
+        layer: int,
+        resid: Float[Tensor, "N T d_model"],
+        last_row_only: bool,
+        receivers: Sequence[tuple[int, str]] = (),
+        receiver_delta: Tensor | None = None,
+        parts: dict[str, Tensor] | None = None,
+    ) -> Float[Tensor, "N Tq d_model"]:
+        """Attention output (before the residual add) for all query rows or only the last one.
+
+        ``receivers`` are (head, "q"|"k"|"v") whose input is ``ln1(resid + receiver_delta)`` instead of
+        ``ln1(resid)`` (path patching). If ``parts`` is a dict, q, k, v, pattern and z are stored in it
+        (TransformerLens layouts: q/k/v/z [N, pos, H, dh], pattern [N, H, dest_pos, src_pos]).
+        """
+        block = self.model.blocks[layer]
+        x = block.ln1(resid)  # (N, T, d)
+        if last_row_only:
+            k, v = self.qkv(layer, x, "kv")  # (N, T, H, dh)
+            q = self.qkv(layer, x[:, -1:], "q")  # (N, 1, H, dh)
+        else:
+            q, k, v = self.qkv(layer, x, "qkv")
+        if receivers:
+            x_rec = block.ln1(resid + receiver_delta)
+            q, k, v = q.clone(), k.clone(), v.clone()
+            for head, comp in receivers:
+                if comp == "q":
+                    q[:, :, head] = self.qkv_head(layer, x_rec[:, -1:] if last_row_only else x_rec, "q", head)
+                elif comp == "k":
+                    k[:, :, head] = self.qkv_head(layer, x_rec, "k", head)
+                else:
+                    v[:, :, head] = self.qkv_head(layer, x_rec, "v", head)
+        scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / self.attn_scale(layer)  # (N, H, Tq, T)
+        if not last_row_only and self.causal:
+            T = scores.shape[-1]
+            mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~mask, -math.inf)
+        pattern = scores.softmax(-1)
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (N, Tq, H, dh)
+        if parts is not None:
+            parts.update(q=q, k=k, v=v, pattern=pattern, z=z)
+        return self.out(layer, z)
+
+    def mlp(self, layer: int, resid: Tensor) -> Tensor:
+        """resid_mid -> resid_post of ``layer`` (identity for attention-only models)."""
+        if self.cfg.attn_only:
+            return resid
+        block = self.model.blocks[layer]
+        return resid + block.mlp(block.ln2(resid))
+
+    def unembed(self, resid: Float[Tensor, "N Tq d_model"]) -> Float[Tensor, "N Tq d_vocab"]:
+        """Final residual stream -> logits: ln_final, unembed, soft cap."""
+        if self.cfg.normalization_type is not None:
+            resid = self.model.ln_final(resid)
+        logits = self.model.unembed(resid)
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0)
+        if cap is not None and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    # -------------------------------------------------------------------------------- runs
+
+    def run_cached(
+        self, tokens: Int[Tensor, "B T"], names: Sequence[str], *, full_logits: bool
+    ) -> tuple[Float[Tensor, "B Tq d_vocab"], dict[str, Tensor]]:
+        """Forward pass keeping only the activations ``names`` (TransformerLens hook names and layouts).
+
+        Unless ``full_logits`` or a final-block activation other than ``hook_resid_pre``, ``attn.hook_k``,
+        ``attn.hook_v`` or ``attn.hook_q`` is asked for, the final block computes only the last query
+        row (its ``hook_q`` is then [B, 1, H, dh]) and the logits are [B, 1, d_vocab].
+        """
+        want = set(names)
+        cache: dict[str, Tensor] = {}
+        resid = self.model.embed(tokens) + self.model.pos_embed(tokens)  # (B, T, d)
+        for layer in range(self.n_layers):
+            pre = f"blocks.{layer}."
+            if pre + "hook_resid_pre" in want:
+                cache[pre + "hook_resid_pre"] = resid
+            row_free = {pre + "hook_resid_pre", pre + "attn.hook_k", pre + "attn.hook_v", pre + "attn.hook_q"}
+            inside = any(n.startswith(pre) and n not in row_free for n in want)
+            last_row_only = layer == self.n_layers - 1 and not full_logits and not inside
+            parts: dict[str, Tensor] = {}
+            attn_out = self.attn_out(layer, resid, last_row_only, parts=parts)
+            for part in ATTN_PARTS:
+                if f"{pre}attn.hook_{part}" in want:
+                    cache[f"{pre}attn.hook_{part}"] = parts[part]
+            if pre + "hook_attn_out" in want:
+                cache[pre + "hook_attn_out"] = attn_out
+            resid = (resid[:, -1:] if last_row_only else resid) + attn_out
+            if pre + "hook_resid_mid" in want and not self.cfg.attn_only:
+                cache[pre + "hook_resid_mid"] = resid
+            resid = self.mlp(layer, resid)
+            if pre + "hook_resid_post" in want:
+                cache[pre + "hook_resid_post"] = resid
+        unknown = want - set(cache)
+        if unknown:
+            raise ValueError(f"run_cached: cannot provide {sorted(unknown)}")
+        return self.unembed(resid), cache
+
+    def forward_from(
+        self,
+        layer: int,
+        resid: Float[Tensor, "N T d_model"],
+        *,
+        after_attn: bool,
+        last_only: bool,
+        receivers: dict[int, list[tuple[int, str]]] | None = None,
+        receiver_delta: Tensor | None = None,
+    ) -> Float[Tensor, "N Tq d_vocab"]:
+        """Run blocks ``layer..`` from ``resid`` (``resid_pre``, or ``resid_mid`` if ``after_attn``) to logits.
+
+        With ``last_only`` the final block computes only the last query row and logits are [N, 1, d_vocab].
+        ``layer == n_layers`` means ``resid`` is the final residual stream (only ln_final + unembed run).
+        """
+        receivers = receivers or {}
+        if last_only and layer >= self.n_layers:
+            resid = resid[:, -1:]
+        for i in range(layer, self.n_layers):
+            final = last_only and i == self.n_layers - 1
+            if not (i == layer and after_attn):
+                attn_out = self.attn_out(i, resid, final, receivers.get(i, ()), receiver_delta)
+                resid = (resid[:, -1:] if final else resid) + attn_out  # (N, Tq, d)
+            elif final:
+                resid = resid[:, -1:]
+            resid = self.mlp(i, resid)
+        return self.unembed(resid)
+
+    def final_context(self, corrupt: dict[str, Tensor], last_logits: Tensor) -> dict[str, Tensor]:
+        """The corrupted run's final block, laid out for :meth:`final_rows` (needs its ``hook_resid_pre``,
+        ``attn.hook_q``, ``attn.hook_k`` and ``attn.hook_v``)."""
+        layer = self.n_layers - 1
+        pre = f"blocks.{layer}."
+        k = corrupt[pre + "attn.hook_k"].permute(0, 2, 1, 3)  # (B, H, T, dh)
+        q_last = corrupt[pre + "attn.hook_q"][:, -1]  # (B, H, dh)
+        return {
+            "k": k.contiguous(),
+            "v": corrupt[pre + "attn.hook_v"].permute(0, 2, 1, 3).contiguous(),  # (B, H, T, dh)
+            "q_last": q_last,
+            "scores_last": (q_last[:, :, None] @ k.transpose(-1, -2))[:, :, 0] / self.attn_scale(layer),  # (B, H, T)
+            "resid_last": corrupt[pre + "hook_resid_pre"][:, -1],  # (B, d)
+            "logits_last": last_logits,  # (B, d_vocab)
+        }
+
+    def final_rows(self, ctx: dict[str, Tensor], rows: Rows, mlp_layer: int | None) -> Float[Tensor, "N d_vocab"]:
+        """Last-position logits when the final block's input differs from the corrupted run's at one position.
+
+        ``rows.row`` is the residual at ``rows.pos``: ``resid_pre`` of the final block, or ``resid_mid``
+        of the block before it (``mlp_layer``: its MLP is applied to that row). Only that position's
+        key and value (and the query, if it is the last position) are recomputed, and only the last
+        query row attends: O(d_model^2) per row instead of O(seq d_model^2).
+        """
+        layer = self.n_layers - 1
+        row = rows.row[:, None]  # (N, 1, d)
+        if mlp_layer is not None:
+            row = self.mlp(mlp_layer, row)
+        x = self.model.blocks[layer].ln1(row)  # (N, 1, d)
+        N, T = row.shape[0], ctx["k"].shape[2]
+        n = torch.arange(N, device=row.device)
+        k_new, v_new = self.qkv(layer, x[:, 0], "kv")  # (N, H, dh)
+        scale = self.attn_scale(layer)
+        # scores of the last query row: the corrupted ones with column `pos` replaced...
+        scores = ctx["scores_last"][rows.b]  # (N, H, T)
+        scores[n, :, rows.pos] = (ctx["q_last"][rows.b] * k_new).sum(-1) / scale
+        resid = ctx["resid_last"][rows.b]  # (N, d)
+        at_last = (rows.pos == T - 1).nonzero()[:, 0]
+        if at_last.numel():  # ...or, where the last position itself changed, a new query row
+            q_new = self.qkv(layer, x[at_last, 0], "q")  # (n, H, dh)
+            k_rows = ctx["k"][rows.b[at_last]]  # (n, H, T, dh)
+            k_rows[:, :, T - 1] = k_new[at_last]
+            scores[at_last] = (q_new[:, :, None] @ k_rows.transpose(-1, -2))[:, :, 0] / scale
+            resid[at_last] = row[at_last, 0]
+        pattern = scores.softmax(-1)
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        v = ctx["v"][rows.b]  # (N, H, T, dh)
+        v[n, :, rows.pos] = v_new
+        z = (pattern[:, :, None] @ v)[:, :, 0]  # (N, H, dh)
+        resid = self.mlp(layer, (resid + self.out(layer, z))[:, None])  # (N, 1, d)
+        return self.unembed(resid)[:, 0]
+
+    def head_delta(self, layer: int, dz: Float[Tensor, "B T H dh"]) -> Float[Tensor, "H B T d_model"]:
+        """Each head's change of the residual stream, ``dz[:, :, h] @ W_O[h]``."""
+        return torch.einsum("bthe,hed->hbtd", dz, self.model.blocks[layer].attn.W_O)

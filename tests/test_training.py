@@ -1,0 +1,234 @@
+"""The batched trainer: forward equivalence, batched == separate, exact resume, early stop, errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from anchor_interp import training
+from anchor_interp.checkpoint import CheckpointError, load_checkpoint, read_meta
+from anchor_interp.models import make_model, model_config
+from anchor_interp.tasks import make_task
+from anchor_interp.training import (
+    RECIPES,
+    TrainingDiverged,
+    get_recipe,
+    stack_models,
+    stacked_forward,
+    train,
+    train_many,
+)
+
+# a tiny run: 200 sequences, batch 50 -> 4 steps per epoch
+TINY = dict(n_train=200, batch_size=50, n_test=200, epochs=3, warmup_epochs=1, cosine_epochs=2, lr=1e-2)
+
+
+def tiny_model(task, seed=0, **over):
+    cfg = model_config("small", task, **{"d_model": 32, "d_head": 8, **over})
+    return make_model(cfg, task, seed=seed)
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        dict(),
+        dict(attention_dir="bidirectional", n_heads=1, d_head=32),
+        dict(attn_only=False, d_mlp=48, act_fn="relu", n_layers=3),
+        dict(normalization_type=None),
+    ],
+)
+def test_stacked_forward_matches_hooked_transformer(identity_task, over):
+    models = [tiny_model(identity_task, seed=s, **over) for s in (0, 1, 2)]
+    for m in models:  # non-trivial biases and norms
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if n.endswith(("b_Q", "b_K", "b_V", "b_O", "b_U", ".b", "b_in", "b_out")):
+                    p.normal_(0, 0.3)
+    tokens = torch.stack([identity_task.sample(16, seed=s).tokens for s in (0, 1, 2)])
+    out = stacked_forward(stack_models(models), models[0].cfg, tokens)
+    with torch.no_grad():
+        ref = torch.stack([m(t)[:, -1] for m, t in zip(models, tokens)])
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_training_learns_and_is_deterministic(identity_task):
+    m1, m2 = tiny_model(identity_task), tiny_model(identity_task)
+    r1 = train(m1, identity_task, "fast", seed=5, progress=False, **TINY)
+    r2 = train(m2, identity_task, "fast", seed=5, progress=False, **TINY)
+    assert r1.step == 12 and r1.epoch == 3 and len(r1.history) == 3
+    assert r1.history[0]["train_loss"] > 0.95 * math.log(identity_task.vocab_size)  # chance level at first
+    assert r1.history[-1]["train_loss"] < r1.history[0]["train_loss"] - 1.0
+    for n, p in weights(m1).items():
+        assert torch.equal(p, weights(m2)[n]), n
+    assert r1.history == [{**r, "time_s": r1.history[i]["time_s"]} for i, r in enumerate(r2.history)]
+    m3 = tiny_model(identity_task)
+    train(m3, identity_task, "fast", seed=6, progress=False, **TINY)
+    assert not torch.equal(m3.W_Q, m1.W_Q)  # the seed chooses the data and its order
+
+
+def test_batched_equals_separate_runs(identity_task):
+    seeds = [0, 1, 2]
+    together = [tiny_model(identity_task, seed=s) for s in seeds]
+    rs = train_many(together, identity_task, "fast", seeds=seeds, progress=False, **TINY)
+    for s, m_batched, r in zip(seeds, together, rs):
+        alone = tiny_model(identity_task, seed=s)
+        r_alone = train(alone, identity_task, "fast", seed=s, progress=False, **TINY)
+        for n, p in weights(alone).items():
+            if n.endswith("attn.b_K"):
+                # b_K adds the same score to every key of a row: softmax ignores it, its true gradient is 0,
+                # and Adam turns float rounding noise (~1e-9) into lr-sized steps. It changes no output.
+                continue
+            torch.testing.assert_close(weights(m_batched)[n], p, atol=1e-6, rtol=1e-5, msg=n)
+        tokens = identity_task.sample(64, split="test", seed=9).tokens
+        with torch.no_grad():
+            torch.testing.assert_close(m_batched(tokens), alone(tokens), atol=1e-5, rtol=1e-5)
+        assert r.history[-1]["test_acc"] == pytest.approx(r_alone.history[-1]["test_acc"], abs=0.01)
+    assert not torch.equal(together[0].W_Q, together[1].W_Q)
+
+
+def test_per_model_gradient_clipping(identity_task):
+    # clipping one model's huge gradient must not scale the other model's gradient
+    ms = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    params = {n: t.requires_grad_(True) for n, t in stack_models(ms).items()}
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+        p.grad[0] *= 1000.0
+    opt = training.StackedAdamW(params, get_recipe("fast", grad_clip=1.0))
+    norms = opt.clip_()
+    after = torch.stack([sum(p.grad[i].pow(2).sum() for p in params.values()).sqrt() for i in (0, 1)])
+    assert float(after[0]) == pytest.approx(1.0, rel=1e-4)
+    assert float(after[1]) == pytest.approx(min(1.0, float(norms[1])), rel=1e-4)
+
+
+def test_resume_mid_epoch_gives_identical_weights(identity_task, tmp_path):
+    full = tiny_model(identity_task)
+    r_full = train(full, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "full", **TINY)
+    part = tiny_model(identity_task)
+    r_part = train(part, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run",
+                   stop_after_step=6, **TINY)  # step 6 = middle of epoch 2 (4 steps per epoch)
+    assert r_part.step == 6
+    meta = read_meta(tmp_path / "run")
+    assert meta["resume"]["global_step"] == 6 and (tmp_path / "run" / "optimizer.safetensors").exists()
+    fresh = tiny_model(identity_task, seed=99)  # resumed weights come from the checkpoint, not this init
+    r_res = train(fresh, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run", resume=True, **TINY)
+    assert r_res.step == r_full.step == 12
+    for n, p in weights(full).items():
+        assert torch.equal(weights(fresh)[n], p), n
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in r_full.history]
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in r_res.history] == strip
+    # the finished folder is a loadable checkpoint without optimizer state, plus history files
+    loaded, _ = load_checkpoint(tmp_path / "run")
+    assert torch.equal(loaded.W_Q, full.W_Q)
+    assert not (tmp_path / "run" / "optimizer.safetensors").exists()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and "test_acc/all" in rows[0]
+    assert (tmp_path / "run" / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_errors(identity_task, tmp_path):
+    m = tiny_model(identity_task)
+    train(m, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "a", stop_after_step=2, **TINY)
+    with pytest.raises(CheckpointError, match="is from task"):
+        train(tiny_model(make_task("identity_key_before")), make_task("identity_key_before"), "fast", seed=1,
+              progress=False, out_dir=tmp_path / "a", resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="another recipe.*batch_size"):
+        train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "a",
+              resume=True, **{**TINY, "batch_size": 20})
+    with pytest.raises(CheckpointError, match="seed 1, not 2"):
+        train(tiny_model(identity_task), identity_task, "fast", seed=2, progress=False, out_dir=tmp_path / "a",
+              resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="does not exist|missing"):
+        train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "b",
+              resume=True, **TINY)
+
+
+def test_early_stop_per_model_in_a_batch(identity_task):
+    # model 0 stops at its first evaluation; model 1 (target unreachable for it) trains on
+    rec = get_recipe("fast", **TINY, early_stop_acc=0.999)
+    ms = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    rs = train_many(ms, identity_task, rec, seeds=[0, 1], progress=False)
+    assert [r.stopped_early for r in rs] == [False, False]
+    ms = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    rs = train_many(ms, identity_task, rec.replace(early_stop_acc=1e-9), seeds=[0, 1], progress=False)
+    assert all(r.stopped_early and r.step == 4 and len(r.history) == 1 for r in rs)
+    alone = tiny_model(identity_task, seed=1)
+    train(alone, identity_task, rec.replace(early_stop_acc=1e-9), seed=1, progress=False)
+    torch.testing.assert_close(alone.W_Q, ms[1].W_Q, atol=1e-5, rtol=1e-4)
+
+
+def test_fresh_data_option(identity_task):
+    a, b = tiny_model(identity_task), tiny_model(identity_task)
+    train(a, identity_task, "fast", seed=0, progress=False, data="fresh", **TINY)
+    train(b, identity_task, "fast", seed=0, progress=False, **TINY)
+    assert not torch.equal(a.W_Q, b.W_Q)
+    c = tiny_model(identity_task)
+    train(c, identity_task, "fast", seed=0, progress=False, data="fresh", **TINY)
+    assert torch.equal(a.W_Q, c.W_Q)
+
+
+def test_masked_groups_reported_not_trained(tmp_path):
+    task = make_task("composition")
+    masked = [g.name for g in task.groups if g.masked]
+    assert masked
+    r = train(tiny_model(task), task, "fast", seed=0, progress=False, **{**TINY, "epochs": 1})
+    row = r.history[-1]
+    for g in task.groups:
+        assert f"test_acc/{g.name}" in row
+    assert 0.0 <= row["test_acc_masked"] <= 1.0
+
+
+def test_paper_recipe_schedule():
+    rec = RECIPES["paper"]
+    assert (rec.batch_size, rec.epochs, rec.weight_decay, rec.grad_clip, rec.n_test) == (50, 4000, 0.01, 1.0, 500)
+    assert rec.lr_at(0) == pytest.approx(2e-5)
+    assert rec.lr_at(200) == pytest.approx(1.1e-4)
+    assert rec.lr_at(200.9) == rec.lr_at(200)  # stepped per epoch
+    assert rec.lr_at(400) == pytest.approx(2e-4)
+    assert rec.lr_at(4000) == pytest.approx(2.44e-5, rel=0.01)  # the spec: ~2.4e-5 when the run stops
+
+
+def test_divergence_keeps_last_good_checkpoint(identity_task, tmp_path, monkeypatch):
+    real = training.stacked_forward
+    calls = {"n": 0}
+
+    def poisoned(params, cfg, tokens):
+        out = real(params, cfg, tokens)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] >= 6:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(training, "stacked_forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="non-finite at step 6.*last good checkpoint \\(step 4\\)") as e:
+        train(tiny_model(identity_task), identity_task, "fast", seed=0, progress=False, out_dir=tmp_path,
+              checkpoint_every_steps=2, **TINY)
+    assert e.value.step == 6
+    assert read_meta(tmp_path)["resume"]["global_step"] == 4
+
+
+def test_bad_input(identity_task, tmp_path):
+    m = tiny_model(identity_task)
+    with pytest.raises(ValueError, match="unknown recipe 'slow'.*fast.*paper"):
+        train(m, identity_task, "slow", seed=0)
+    with pytest.raises(ValueError, match="unknown recipe field.*lr_max"):
+        train(m, identity_task, "fast", seed=0, lr_max=1.0)
+    with pytest.raises(ValueError, match="data='random'"):
+        get_recipe("fast", data="random")
+    with pytest.raises(ValueError, match="different config"):
+        train_many([m, make_model("small", identity_task, seed=0)], identity_task, seeds=[0, 1])
+    with pytest.raises(ValueError, match="one int per model"):
+        train_many([m], identity_task, seeds=[0, 1])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be created"):
+        train(m, identity_task, seed=0, out_dir=blocker / "sub", progress=False, **TINY)
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(tiny_model(identity_task), make_task("identity", seq_len=12), seed=0)
