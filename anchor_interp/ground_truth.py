@@ -23,6 +23,22 @@ so removing any copying head changes it. Queries and keys read the position or t
 gain ``attn_gain`` (in units of the attention logit after TransformerLens' ``1/sqrt(d_head)``).
 Bidirectional models may use positive offsets (``("next", +1)``).
 
+:func:`make_identity_circuit_model` builds, for an identity-type task (anchor, key right after it,
+target = key), a 2-layer causal model that solves the task with the paper's causal mechanism and
+three distractors (expected labels in :data:`CIRCUIT_EXPECTED`):
+
+=====  ===========================================================================  ==================
+head   what it does                                                                 expected label
+=====  ===========================================================================  ==================
+L0H0   previous-token head; its OV writes a "the token before me was an anchor"     shift, offset -1
+       flag into the key's position
+L0H1   previous-token pattern, ``W_O = 0`` (decoy)                                  neither / inert
+L0H2   attends to itself; writes into a direction nothing reads                     neither / self
+L1H0   every row reads the flagged position (the key) and copies the token there    broadcast
+       into the copy space that ``W_U`` reads
+L1H1   uniform; copies the average token with a small gain                          neither / uniform
+=====  ===========================================================================  ==================
+
 :func:`sample_tokens` draws the inputs these heads are meant for: fillers in ``[4, V)`` and exactly
 one marker token (one of ``MARKERS`` = 1, 2, 3, at random) per row, at a random position in
 ``[0, n_ctx - 3]``. The broadcast head attends to whichever marker is there and copies it, so what it
@@ -38,11 +54,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 __all__ = [
+    "CIRCUIT_EXPECTED",
     "DEFAULT_HEADS",
     "GroundTruthHead",
     "MARKERS",
     "expected_labels",
     "make_head_zoo_model",
+    "make_identity_circuit_model",
     "sample_tokens",
 ]
 
@@ -197,3 +215,70 @@ def sample_tokens(n: int, *, d_vocab: int = 32, n_ctx: int = 10, seed: int = 0) 
     marker = torch.tensor(MARKERS)[torch.randint(0, len(MARKERS), (n,), generator=g)]
     tokens[torch.arange(n), marker_pos] = marker
     return tokens
+
+
+CIRCUIT_EXPECTED: tuple[tuple[str, int | None, str | None], ...] = (
+    ("shift", -1, None),
+    ("neither", None, "inert"),
+    ("neither", None, "self"),
+    ("broadcast", None, None),
+    ("neither", None, "uniform"),
+)
+
+
+def make_identity_circuit_model(task, *, attn_gain: float = 12.0, logit_gain: float = 10.0, device: str = "cpu"):
+    """A hand-set 2-layer x 3-head causal model that solves ``task`` (anchor at p, key at p + 1, target =
+    key) with a previous-token shift head and a broadcast head; see the module docstring for every head.
+
+    Raises ValueError if the task is not of that shape (a sample's key is not right after its anchor or
+    its target is not the key).
+    """
+    from anchor_interp._tl import HookedTransformerConfig, build_model
+
+    probe = task.sample(64, split="test", seed=0)
+    ok = (probe.key_pos == probe.anchor_pos + 1) & (probe.targets == probe.tokens[torch.arange(len(probe)), probe.key_pos])
+    if not bool(ok.all()):
+        raise ValueError(
+            f"task: make_identity_circuit_model needs an identity-type task (key right after the anchor, target = "
+            f"key); {task.name!r} is not"
+        )
+    V, T = task.vocab_size, task.seq_len
+    tok, pos = torch.arange(V), V + torch.arange(T)
+    flag, sink_dim = V + T, V + T + 1
+    copy = V + T + 2 + torch.arange(V)
+    d_model, d_head = 2 * V + T + 2, max(V, T + 2)
+    cfg = HookedTransformerConfig(
+        n_layers=2, n_heads=3, d_model=d_model, d_head=d_head, n_ctx=T, d_vocab=V, attn_only=True, act_fn=None,
+        normalization_type=None, positional_embedding_type="standard", attention_dir="causal", device=device, seed=0,
+    )
+    model = build_model(cfg)
+    gain = attn_gain * (d_head**0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.W_E[tok, tok] = 1.0
+        model.pos_embed.W_pos[torch.arange(T), pos] = 1.0
+        model.unembed.W_U[copy, tok] = logit_gain
+        a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+        for h in (0, 1):  # previous-token pattern (shift and decoy)
+            a0.W_Q[h][pos, torch.arange(T) + 1] = gain
+            a0.W_K[h][pos, torch.arange(T) + 2] = 1.0
+        # shift: value = "is an anchor", written to the flag direction
+        a0.W_V[0][tok[list(task.anchor_ids)], 0] = 1.0
+        a0.W_O[0][0, flag] = 1.0
+        a0.W_V[1][tok[list(task.anchor_ids)], 0] = 1.0  # decoy: same value, W_O stays 0
+        # self head, writing to a direction nothing reads
+        a0.W_Q[2][pos, torch.arange(T)] = gain
+        a0.W_K[2][pos, torch.arange(T)] = 1.0
+        a0.W_V[2][tok, torch.arange(V)] = 1.0
+        a0.W_O[2][torch.arange(V), sink_dim] = 1.0
+        # broadcast: constant query, key = the flag; copies the token it reads
+        a1.W_Q[0][pos, 0] = gain
+        a1.W_K[0][flag, 0] = 1.0
+        a1.W_V[0][tok, torch.arange(V)] = 1.0
+        a1.W_O[0][torch.arange(V), copy] = 1.0
+        # uniform, copying with a small gain
+        a1.W_V[1][tok, torch.arange(V)] = 1.0
+        a1.W_O[1][torch.arange(V), copy] = 0.1
+    model.eval()
+    return model

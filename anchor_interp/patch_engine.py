@@ -12,7 +12,7 @@ against ``model.run_with_cache`` and ``transformer_lens.patching`` in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,14 @@ def changed_rows(diff: Tensor, var_offset: int, all_rows: bool) -> tuple[Tensor,
     return var + var_offset, b
 
 
+def softmax_pattern(scores: Tensor) -> Tensor:
+    """Softmax over the last dim, NaN (fully masked rows) -> 0, as TransformerLens's attention.
+
+    Written out because ``Tensor.softmax`` is ~5x slower over a last dimension as short as ours."""
+    e = (scores - scores.amax(-1, keepdim=True)).exp()
+    return torch.nan_to_num(e / e.sum(-1, keepdim=True), nan=0.0)
+
+
 @dataclass
 class _LayerWeights:
     W_qkv: Tensor  # (3*H*dh, d_model): rows q, then k, then v (TransformerLens's head-major layout)
@@ -146,12 +154,16 @@ class Engine:
     def _split(self, t: Tensor) -> Tensor:
         return t.reshape(*t.shape[:-1], self.H, self.dh)
 
-    def qkv(self, layer: int, x: Tensor, which: str) -> Tensor:
-        """x [..., d_model] -> [..., H, dh] for ``which`` in q/k/v/kv/qkv (stacked on a new dim 0 if >1)."""
+    def qkv_flat(self, layer: int, x: Tensor, which: str) -> Tensor:
+        """x [..., d_model] -> [..., k*H*dh] for ``which`` in q/k/v/kv/qkv (k = len(which))."""
         w = self.w[layer]
         n = self.H * self.dh
         sl = {"q": slice(0, n), "k": slice(n, 2 * n), "v": slice(2 * n, 3 * n), "kv": slice(n, 3 * n), "qkv": slice(0, 3 * n)}[which]
-        out = F.linear(x, w.W_qkv[sl], w.b_qkv[sl])
+        return F.linear(x, w.W_qkv[sl], w.b_qkv[sl])
+
+    def qkv(self, layer: int, x: Tensor, which: str) -> Tensor:
+        """x [..., d_model] -> [..., H, dh] for ``which`` in q/k/v/kv/qkv (stacked on a new dim 0 if >1)."""
+        out = self.qkv_flat(layer, x, which)
         if len(which) == 1:
             return self._split(out)
         return out.reshape(*out.shape[:-1], len(which), self.H, self.dh).movedim(-3, 0)
@@ -184,33 +196,38 @@ class Engine:
         (TransformerLens layouts: q/k/v/z [N, pos, H, dh], pattern [N, H, dest_pos, src_pos]).
         """
         block = self.model.blocks[layer]
+        N, T, _ = resid.shape
         x = block.ln1(resid)  # (N, T, d)
+        # projections laid out (N, H, pos, dh), contiguous: the attention matmuls are faster that way
         if last_row_only:
-            k, v = self.qkv(layer, x, "kv")  # (N, T, H, dh)
-            q = self.qkv(layer, x[:, -1:], "q")  # (N, 1, H, dh)
+            k, v = self._heads_first(self.qkv_flat(layer, x, "kv"), 2)  # (N, H, T, dh) each
+            q = self._heads_first(self.qkv_flat(layer, x[:, -1:], "q"), 1)[0]  # (N, H, 1, dh)
         else:
-            q, k, v = self.qkv(layer, x, "qkv")
+            q, k, v = self._heads_first(self.qkv_flat(layer, x, "qkv"), 3)
         if receivers:
             x_rec = block.ln1(resid + receiver_delta)
             q, k, v = q.clone(), k.clone(), v.clone()
             for head, comp in receivers:
                 if comp == "q":
-                    q[:, :, head] = self.qkv_head(layer, x_rec[:, -1:] if last_row_only else x_rec, "q", head)
+                    q[:, head] = self.qkv_head(layer, x_rec[:, -1:] if last_row_only else x_rec, "q", head)
                 elif comp == "k":
-                    k[:, :, head] = self.qkv_head(layer, x_rec, "k", head)
+                    k[:, head] = self.qkv_head(layer, x_rec, "k", head)
                 else:
-                    v[:, :, head] = self.qkv_head(layer, x_rec, "v", head)
-        scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / self.attn_scale(layer)  # (N, H, Tq, T)
+                    v[:, head] = self.qkv_head(layer, x_rec, "v", head)
+        scores = q @ k.transpose(-1, -2) / self.attn_scale(layer)  # (N, H, Tq, T)
         if not last_row_only and self.causal:
-            T = scores.shape[-1]
             mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~mask, -math.inf)
-        pattern = scores.softmax(-1)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (N, Tq, H, dh)
+        pattern = softmax_pattern(scores)
+        z = (pattern @ v).transpose(1, 2)  # (N, Tq, H, dh)
         if parts is not None:
-            parts.update(q=q, k=k, v=v, pattern=pattern, z=z)
+            parts.update(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2), pattern=pattern, z=z)
         return self.out(layer, z)
+
+    def _heads_first(self, flat: Tensor, n: int) -> Tensor:
+        """[N, T, n*H*dh] -> [n, N, H, T, dh] (contiguous)."""
+        N, T, _ = flat.shape
+        return flat.reshape(N, T, n, self.H, self.dh).permute(2, 0, 3, 1, 4).contiguous()
 
     def mlp(self, layer: int, resid: Tensor) -> Tensor:
         """resid_mid -> resid_post of ``layer`` (identity for attention-only models)."""
@@ -277,11 +294,13 @@ class Engine:
         last_only: bool,
         receivers: dict[int, list[tuple[int, str]]] | None = None,
         receiver_delta: Tensor | None = None,
+        readout: Callable[[Tensor], Tensor] | None = None,
     ) -> Float[Tensor, "N Tq d_vocab"]:
         """Run blocks ``layer..`` from ``resid`` (``resid_pre``, or ``resid_mid`` if ``after_attn``) to logits.
 
         With ``last_only`` the final block computes only the last query row and logits are [N, 1, d_vocab].
         ``layer == n_layers`` means ``resid`` is the final residual stream (only ln_final + unembed run).
+        ``readout`` replaces :meth:`unembed` on the final residual stream [N, Tq, d_model].
         """
         receivers = receivers or {}
         if last_only and layer >= self.n_layers:
@@ -294,7 +313,7 @@ class Engine:
             elif final:
                 resid = resid[:, -1:]
             resid = self.mlp(i, resid)
-        return self.unembed(resid)
+        return (readout or self.unembed)(resid)
 
     def final_context(self, corrupt: dict[str, Tensor], last_logits: Tensor) -> dict[str, Tensor]:
         """The corrupted run's final block, laid out for :meth:`final_rows` (needs its ``hook_resid_pre``,
@@ -312,13 +331,16 @@ class Engine:
             "logits_last": last_logits,  # (B, d_vocab)
         }
 
-    def final_rows(self, ctx: dict[str, Tensor], rows: Rows, mlp_layer: int | None) -> Float[Tensor, "N d_vocab"]:
+    def final_rows(
+        self, ctx: dict[str, Tensor], rows: Rows, mlp_layer: int | None, readout: Callable[[Tensor], Tensor] | None = None
+    ) -> Float[Tensor, "N d_vocab"]:
         """Last-position logits when the final block's input differs from the corrupted run's at one position.
 
         ``rows.row`` is the residual at ``rows.pos``: ``resid_pre`` of the final block, or ``resid_mid``
         of the block before it (``mlp_layer``: its MLP is applied to that row). Only that position's
         key and value (and the query, if it is the last position) are recomputed, and only the last
-        query row attends: O(d_model^2) per row instead of O(seq d_model^2).
+        query row attends: O(d_model^2) per row instead of O(seq d_model^2). ``readout`` as in
+        :meth:`forward_from`.
         """
         layer = self.n_layers - 1
         row = rows.row[:, None]  # (N, 1, d)
@@ -330,9 +352,9 @@ class Engine:
         k_new, v_new = self.qkv(layer, x[:, 0], "kv")  # (N, H, dh)
         scale = self.attn_scale(layer)
         # scores of the last query row: the corrupted ones with column `pos` replaced...
-        scores = ctx["scores_last"][rows.b]  # (N, H, T)
-        scores[n, :, rows.pos] = (ctx["q_last"][rows.b] * k_new).sum(-1) / scale
-        resid = ctx["resid_last"][rows.b]  # (N, d)
+        scores = ctx["scores_last"].index_select(0, rows.b)  # (N, H, T)
+        scores[n, :, rows.pos] = (ctx["q_last"].index_select(0, rows.b) * k_new).sum(-1) / scale
+        resid = ctx["resid_last"].index_select(0, rows.b)  # (N, d)
         at_last = (rows.pos == T - 1).nonzero()[:, 0]
         if at_last.numel():  # ...or, where the last position itself changed, a new query row
             q_new = self.qkv(layer, x[at_last, 0], "q")  # (n, H, dh)
@@ -340,13 +362,12 @@ class Engine:
             k_rows[:, :, T - 1] = k_new[at_last]
             scores[at_last] = (q_new[:, :, None] @ k_rows.transpose(-1, -2))[:, :, 0] / scale
             resid[at_last] = row[at_last, 0]
-        pattern = scores.softmax(-1)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        v = ctx["v"][rows.b]  # (N, H, T, dh)
+        pattern = softmax_pattern(scores)
+        v = ctx["v"].index_select(0, rows.b)  # (N, H, T, dh)
         v[n, :, rows.pos] = v_new
-        z = (pattern[:, :, None] @ v)[:, :, 0]  # (N, H, dh)
+        z = (pattern[..., None] * v).sum(-2)  # (N, H, dh); faster than N*H tiny matmuls
         resid = self.mlp(layer, (resid + self.out(layer, z))[:, None])  # (N, 1, d)
-        return self.unembed(resid)[:, 0]
+        return (readout or self.unembed)(resid)[:, 0]
 
     def head_delta(self, layer: int, dz: Float[Tensor, "B T H dh"]) -> Float[Tensor, "H B T d_model"]:
         """Each head's change of the residual stream, ``dz[:, :, h] @ W_O[h]``."""

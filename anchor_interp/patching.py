@@ -367,32 +367,51 @@ class _Sweep:
                     pending, n_pending = [], 0
                     for i in range(0, len(rows), self.max_batch):
                         part = rows.take(slice(i, i + self.max_batch))
-                        last = self._last_logits(part, layer, after_attn, base, receivers)  # (N, d_vocab)
-                        table[part.var, part.b] = self.metric.rows(last, part.b)
+                        table[part.var, part.b] = self._row_values(part, layer, after_attn, base, receivers)
             return table.mean(1).clone()
 
-    def _last_logits(self, rows: Rows, layer, after_attn, base, receivers) -> Float[Tensor, "N d_vocab"]:
+    def _row_values(self, rows: Rows, layer, after_attn, base, receivers) -> Float[Tensor, " N"]:
+        """The metric's per-row values of patched rows (named metrics only)."""
+
+        def readout(resid: Tensor) -> Tensor:  # final residual stream (N, Tq, d) -> (N, 1)
+            return self._readout(resid[:, -1:], rows.b)[:, None]
+
         final = self.n_layers - 1
         if rows.pos is not None and not receivers:
             if after_attn and layer == final:
                 # a change at the final block's output reaches the logits only at the last position
-                out = self.final["logits_last"][rows.b].clone()
+                out = self.corrupt_rows[rows.b].clone()
                 at_last = (rows.pos == self.T - 1).nonzero()[:, 0]
                 if at_last.numel():
-                    resid = self.engine.mlp(final, rows.row[at_last][:, None])
-                    out[at_last] = self.engine.unembed(resid)[:, 0]
+                    resid = self.engine.mlp(final, rows.row[at_last][:, None])  # (n, 1, d)
+                    out[at_last] = self._readout(resid, rows.b[at_last])
                 return out
             if (after_attn and layer == final - 1) or (not after_attn and layer == final):
-                return self.engine.final_rows(self.final, rows, mlp_layer=layer if after_attn else None)
-        return self._forward_rows(rows, layer, after_attn, base, receivers, True)[:, -1]
+                mlp_layer = layer if after_attn else None
+                return self.engine.final_rows(self.final, rows, mlp_layer, readout)
+        return self._forward_rows(rows, layer, after_attn, base, receivers, True, readout)[:, -1]
 
-    def _forward_rows(self, rows: Rows, layer, after_attn, base, receivers, last_only) -> Tensor:
+    def _readout(self, resid: Float[Tensor, "N 1 d_model"], b: Tensor) -> Float[Tensor, " N"]:
+        """Per-row metric from the final residual stream at the last position. The logit difference
+        needs only two unembedding columns per row; other metrics unembed the whole vocabulary."""
+        cfg = self.model.cfg
+        cap = getattr(cfg, "output_logits_soft_cap", -1.0)
+        if self.metric_name == "logit_diff" and not (cap is not None and cap > 0):
+            if cfg.normalization_type is not None:
+                resid = self.model.ln_final(resid)
+            W_U, b_U = self.model.unembed.W_U, self.model.unembed.b_U  # (d, V), (V,)
+            ct, xt = self.inp.clean_targets[b], self.inp.corrupt_targets[b]
+            return (resid[:, 0] * (W_U[:, ct] - W_U[:, xt]).T).sum(-1) + (b_U[ct] - b_U[xt])
+        return self.metric.rows(self.engine.unembed(resid)[:, 0], b)
+
+    def _forward_rows(self, rows: Rows, layer, after_attn, base, receivers, last_only, readout=None) -> Tensor:
         start = rows.start
         if start is None:
             start = base[rows.b].clone()
             start[torch.arange(len(rows), device=start.device), rows.pos] = rows.row
         return self.engine.forward_from(
-            layer, start, after_attn=after_attn, last_only=last_only, receivers=receivers, receiver_delta=rows.delta
+            layer, start, after_attn=after_attn, last_only=last_only, receivers=receivers,
+            receiver_delta=rows.delta, readout=readout,
         )
 
     def result(self, values: Tensor, axes, hook_names, normalise: bool, extra=None) -> PatchResult:

@@ -462,7 +462,7 @@ def train_many(
     if not models:
         raise ValueError("models must be a non-empty list of HookedTransformers")
     k = len(models)
-    if len(seeds) != k or len(set(seeds)) != len(seeds) and False:
+    if len(seeds) != k:
         raise ValueError(f"seeds must have one int per model ({k}); got {len(seeds)}")
     if out_dirs is not None and len(out_dirs) != k:
         raise ValueError(f"out_dirs must have one folder per model ({k}); got {len(out_dirs)}")
@@ -541,82 +541,122 @@ def train_many(
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"train {k} model(s)", unit="step",
                leave=False, mininterval=1.0)
     bad_step = torch.full((k,), -1, dtype=torch.long, device=dev)
-    while step < total_steps and not all(done):
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        if rec.data == "fixed":
-            order = torch.stack([
-                torch.randperm(n_train, generator=torch.Generator().manual_seed(derive_seed(s, EPOCH_ORDER, epoch)))
-                for s in seeds
-            ]).to(dev)  # (k, N)
-        while in_epoch < steps_per_epoch:
-            lo, hi = in_epoch * rec.batch_size, min((in_epoch + 1) * rec.batch_size, n_train)
+    with _DeferredSigint(enabled=out_dirs is not None) as sigint:
+        while step < total_steps and not all(done):
+            epoch, in_epoch = divmod(step, steps_per_epoch)
             if rec.data == "fixed":
-                idx = order[:, lo:hi]  # (k, b)
-                tok = torch.gather(train_tokens, 1, idx[:, :, None].expand(-1, -1, train_tokens.shape[2]))
-                tgt = torch.gather(train_targets, 1, idx)
-            else:
-                fresh = [_sample_train(task, hi - lo, derive_seed(s, FRESH_STEP, step), dev) for s in seeds]
-                tok, tgt = torch.stack([f[0] for f in fresh]), torch.stack([f[1] for f in fresh])
-            lr = rec.lr_at(epoch + in_epoch / steps_per_epoch)
-            logits = stacked_forward(params, cfg, tok)  # (k, b, V)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
-            loss_k = ce.view(k, -1).mean(1)  # (k,)
-            for p in params.values():
-                p.grad = None
-            loss_k.sum().backward()
-            opt.clip_()
-            opt.step(lr)
-            step += 1
-            in_epoch += 1
-            with torch.no_grad():
-                finite = torch.isfinite(loss_k)
-                bad_step = torch.where((~finite) & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
-                acc["loss"] += loss_k.detach() * tgt.shape[1]
-                acc["correct"] += (logits.argmax(-1) == tgt).float().sum(1)
-                acc["n"] += tgt.shape[1]
-            bar.update(1)
-            ckpt_now = checkpoint_every_steps and step % checkpoint_every_steps == 0
-            interrupt = stop_after_step is not None and step >= stop_after_step
-            if ckpt_now or interrupt:
-                _check_finite(bad_step, out_dirs, last_good_ckpt_step)
+                order = torch.stack([
+                    torch.randperm(n_train, generator=torch.Generator().manual_seed(derive_seed(s, EPOCH_ORDER, epoch)))
+                    for s in seeds
+                ]).to(dev)  # (k, N)
+            while in_epoch < steps_per_epoch:
+                lo, hi = in_epoch * rec.batch_size, min((in_epoch + 1) * rec.batch_size, n_train)
+                if rec.data == "fixed":
+                    idx = order[:, lo:hi]  # (k, b)
+                    tok = torch.gather(train_tokens, 1, idx[:, :, None].expand(-1, -1, train_tokens.shape[2]))
+                    tgt = torch.gather(train_targets, 1, idx)
+                else:
+                    fresh = [_sample_train(task, hi - lo, derive_seed(s, FRESH_STEP, step), dev) for s in seeds]
+                    tok, tgt = torch.stack([f[0] for f in fresh]), torch.stack([f[1] for f in fresh])
+                lr = rec.lr_at(epoch + in_epoch / steps_per_epoch)
+                logits = stacked_forward(params, cfg, tok)  # (k, b, V)
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+                loss_k = ce.view(k, -1).mean(1)  # (k,)
+                for p in params.values():
+                    p.grad = None
+                loss_k.sum().backward()
+                opt.clip_()
+                opt.step(lr)
+                step += 1
+                in_epoch += 1
+                with torch.no_grad():
+                    finite = torch.isfinite(loss_k)
+                    bad_step = torch.where((~finite) & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
+                    acc["loss"] += loss_k.detach() * tgt.shape[1]
+                    acc["correct"] += (logits.argmax(-1) == tgt).float().sum(1)
+                    acc["n"] += tgt.shape[1]
+                bar.update(1)
+                ckpt_now = checkpoint_every_steps and step % checkpoint_every_steps == 0
+                interrupt = stop_after_step is not None and step >= stop_after_step
+                if sigint.received:  # Ctrl-C: save a resumable checkpoint between steps, then stop
+                    _check_finite(bad_step, out_dirs, last_good_ckpt_step)
+                    for i in range(k):
+                        save(i, True)
+                    bar.close()
+                    raise KeyboardInterrupt(
+                        f"interrupted at step {step}" + (f"; resume with --resume from {[str(d) for d in out_dirs]}"
+                                                         if out_dirs is not None else "")
+                    )
+                if ckpt_now or interrupt:
+                    _check_finite(bad_step, out_dirs, last_good_ckpt_step)
+                    for i in range(k):
+                        save(i, True)
+                    last_good_ckpt_step = step
+                if interrupt:
+                    bar.close()
+                    return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done,
+                                    out_dirs, rec)
+            # end of epoch
+            epoch += 1
+            _check_finite(bad_step, out_dirs, last_good_ckpt_step)
+            if epoch % rec.eval_every == 0 or epoch == rec.epochs:
+                rows = evaluate_stacked(params, cfg, test_tokens, test_targets, test_group, task)
+                for i in range(k):
+                    if done[i]:
+                        continue
+                    row = {"epoch": epoch, "step": step, "lr": lr,
+                           "train_loss": float(acc["loss"][i]) / acc["n"], "train_acc": float(acc["correct"][i]) / acc["n"]}
+                    row.update(rows[i])
+                    row["time_s"] = round(elapsed0 + time.perf_counter() - t0, 3)
+                    histories[i].append(row)
+                    if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
+                        done[i] = True
+                        snapshots[i] = {"params": {n: t[i].detach().clone() for n, t in params.items()},
+                                        "opt": {n: t.clone() for n, t in opt.state_slice(i).items()},
+                                        "opt_step": opt.step_count, "step": step, "epoch": epoch}
+                acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
+                if progress:
+                    live = [h[-1] for h in histories if h]
+                    bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
+                                    test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
+            if rec.checkpoint_every and epoch % rec.checkpoint_every == 0 and step < total_steps and not all(done):
                 for i in range(k):
                     save(i, True)
                 last_good_ckpt_step = step
-            if interrupt:
-                bar.close()
-                return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done,
-                                out_dirs, rec)
-        # end of epoch
-        epoch += 1
-        _check_finite(bad_step, out_dirs, last_good_ckpt_step)
-        if epoch % rec.eval_every == 0 or epoch == rec.epochs:
-            rows = evaluate_stacked(params, cfg, test_tokens, test_targets, test_group, task)
-            for i in range(k):
-                if done[i]:
-                    continue
-                row = {"epoch": epoch, "step": step, "lr": lr,
-                       "train_loss": float(acc["loss"][i]) / acc["n"], "train_acc": float(acc["correct"][i]) / acc["n"]}
-                row.update(rows[i])
-                row["time_s"] = round(elapsed0 + time.perf_counter() - t0, 3)
-                histories[i].append(row)
-                if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
-                    done[i] = True
-                    snapshots[i] = {"params": {n: t[i].detach().clone() for n, t in params.items()},
-                                    "opt": {n: t.clone() for n, t in opt.state_slice(i).items()},
-                                    "opt_step": opt.step_count, "step": step, "epoch": epoch}
-            acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
-            if progress:
-                live = [h[-1] for h in histories if h]
-                bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
-                                test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
-        if rec.checkpoint_every and epoch % rec.checkpoint_every == 0 and step < total_steps and not all(done):
-            for i in range(k):
-                save(i, True)
-            last_good_ckpt_step = step
-    bar.close()
-    for i in range(k):
-        save(i, False)
-    return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done, out_dirs, rec)
+        bar.close()
+        for i in range(k):
+            save(i, False)
+        return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done, out_dirs, rec)
+
+
+class _DeferredSigint:
+    """While active (main thread only), Ctrl-C sets ``received`` instead of raising mid-step, so the
+    loop can finish the step, save a consistent checkpoint and then raise KeyboardInterrupt."""
+
+    def __init__(self, enabled: bool):
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = False
+        self._old = None
+
+    def __enter__(self):
+        if self.enabled:
+            import signal
+
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            import signal
+
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 def ckpt_cfg(cfg) -> dict:

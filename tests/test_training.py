@@ -54,7 +54,7 @@ def test_stacked_forward_matches_hooked_transformer(identity_task, over):
     tokens = torch.stack([identity_task.sample(16, seed=s).tokens for s in (0, 1, 2)])
     out = stacked_forward(stack_models(models), models[0].cfg, tokens)
     with torch.no_grad():
-        ref = torch.stack([m(t)[:, -1] for m, t in zip(models, tokens)])
+        ref = torch.stack([m(t)[:, -1] for m, t in zip(models, tokens, strict=True)])
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -77,7 +77,7 @@ def test_batched_equals_separate_runs(identity_task):
     seeds = [0, 1, 2]
     together = [tiny_model(identity_task, seed=s) for s in seeds]
     rs = train_many(together, identity_task, "fast", seeds=seeds, progress=False, **TINY)
-    for s, m_batched, r in zip(seeds, together, rs):
+    for s, m_batched, r in zip(seeds, together, rs, strict=True):
         alone = tiny_model(identity_task, seed=s)
         r_alone = train(alone, identity_task, "fast", seed=s, progress=False, **TINY)
         for n, p in weights(alone).items():
@@ -230,5 +230,75 @@ def test_bad_input(identity_task, tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be created"):
         train(m, identity_task, seed=0, out_dir=blocker / "sub", progress=False, **TINY)
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(ValueError, match="n_ctx=9 is shorter than task .identity. seq_len=12"):
         train(tiny_model(identity_task), make_task("identity", seq_len=12), seed=0)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(identity_task, tmp_path, monkeypatch):
+    import signal
+
+    real = training.stacked_forward
+    calls = {"n": 0}
+
+    def interrupting(params, cfg, tokens):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 6:  # what Ctrl-C does during step 6: call the SIGINT handler
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        return real(params, cfg, tokens)
+
+    monkeypatch.setattr(training, "stacked_forward", interrupting)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 6"):
+        train(tiny_model(identity_task), identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, **TINY)
+    assert read_meta(tmp_path)["resume"]["global_step"] == 6  # step 6 finished before stopping
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(training, "stacked_forward", real)
+    resumed = tiny_model(identity_task)
+    train(resumed, identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, resume=True, **TINY)
+    full = tiny_model(identity_task)
+    train(full, identity_task, "fast", seed=2, progress=False, **TINY)
+    assert torch.equal(resumed.W_Q, full.W_Q) and torch.equal(resumed.W_U, full.W_U)
+
+
+def _run_train_cli(argv):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "analyses" / "train.py"
+    spec = importlib.util.spec_from_file_location("analyses_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+def test_train_cli_batched_seeds(tmp_path, capsys):
+    argv = ["--model-set", "d_model=32", "--model-set", "d_head=8", "--n-train", "200", "--epochs", "2",
+            "--set", "batch_size=50", "--seeds", "0", "1", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert _run_train_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 model(s) on cpu" in out and "seed 1: epoch 2 step 8" in out
+    for s in (0, 1):
+        model, task = load_checkpoint(tmp_path / f"seed_{s}")
+        assert model.cfg.d_model == 32 and task.name == "identity"
+        assert (tmp_path / f"seed_{s}" / "history.csv").exists()
+
+
+def test_train_cli_bad_input(tmp_path, capsys):
+    assert _run_train_cli(["--set", "lr_max=1", "--out", str(tmp_path)]) == 2
+    assert "unknown recipe field" in capsys.readouterr().err
+    assert _run_train_cli(["--task", "nope", "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run_train_cli(["--preset", "huge", "--out", str(tmp_path)])
+
+
+def test_train_cli_help_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "analyses" / "train.py"
+    code = (f"import runpy, sys\nsys.argv = ['train.py', '--help']\ntry:\n    runpy.run_path({str(script)!r}, "
+            f"run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--n-train" in out.stdout and out.stdout.strip().endswith("False")

@@ -1,0 +1,331 @@
+"""Multi-seed head study: train a zoo spec on several seeds, label every head, run the circuit checks.
+
+For each seed: train the spec's preset with its recipe (``anchor_interp.training.train_many``, all
+seeds as one batched computation), label the heads on held-out data (``anchor_interp.heads``), and
+check the issue-4 criteria:
+
+- the shift and the broadcast are found (each a head, or a named group of heads);
+- mean-ablating every labelled head brings held-out accuracy to <= 0.1;
+- mean-ablating every other head keeps >= 95% of the held-out accuracy.
+
+It also records raw attention masses (no normalisation: mean attention weight in [0, 1]) on the rows
+and columns the paper's description names (spec section 6), per head, so that the causal and the
+bidirectional models can be compared with the paper.
+
+    python analyses/head_study.py                            # default + mechanism, seeds 0-4
+    python analyses/head_study.py --spec default --seeds 0 1 2 3 4
+    python analyses/head_study.py --spec default --seeds 0 --epochs 3 --n-train 200 --out /tmp/hs
+
+Writes ``<out>/<spec>/seeds.csv`` (one row per seed), ``<out>/<spec>/seeds.json`` (the same plus every
+head record and group) and ``<out>/summary.json``. Refuses to overwrite existing results without
+``--force``. Bad arguments: one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "head_study"
+SPECS = ("default", "mechanism")
+ROLES = ("shift", "broadcast")
+MAX_CIRCUIT_ACC = 0.1  # issue 4: ablating the labelled heads brings held-out accuracy to <= 0.1
+MIN_KEPT = 0.95  # issue 4: ablating every other head keeps >= 95% of it
+LABEL_SEED_BASE = 10_000  # held-out rows for labelling: task.sample(n, "test", seed=LABEL_SEED_BASE + seed)
+CSV_FIELDS = (
+    "spec", "preset", "seed", "n_params", "epochs", "n_train", "train_seconds", "test_acc", "labels",
+    "shift_heads", "broadcast_heads", "groups", "found_shift", "found_broadcast", "acc_without_labelled",
+    "acc_without_rest", "kept_fraction", "passes", "best_shift_head", "best_shift_offset",
+    "shift_key_row_to_anchor", "shift_key_row_to_anchor_uniform", "shift_anchor_row_to_key", "broadcast_last_to_key",
+    "broadcast_rows_to_key",
+)
+
+
+class StudyError(ValueError):
+    """A bad argument to the study (message names the parameter and the fix)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# raw pattern masses named by the paper
+
+
+def raw_masses(model, batch) -> dict[str, list[list[float]]]:
+    """Mean raw attention weight (in [0, 1]) per head, ``[layer][head]``, on the task's rows/columns.
+
+    - ``key_row_to_anchor``: the key's row on the anchor (causal shift, offset -1), rows whose key is
+      not the last input; ``key_row_to_anchor_uniform`` is what a uniform head would put there;
+    - ``anchor_row_to_key``: the anchor's row on the key (the paper's bidirectional shift, offset +1);
+    - ``other_rows_to_anchor``: every row other than the anchor's and the key's, on the anchor (a
+      "broadcast the anchor" layer; the paper's layer 1 in the bidirectional model);
+    - ``last_row_to_key`` and ``last_row_to_anchor``: the scored row;
+    - ``rows_to_key``: every row that can see the key (other than the key's own) on the key (the
+      broadcast column); ``rows_to_anchor``: the same for the anchor;
+    - ``self``: the diagonal; ``prev``: every row on the row before it.
+    """
+    import torch
+
+    from anchor_interp.patterns import attention_patterns, is_causal, visible_mask
+
+    with torch.no_grad():
+        pats = attention_patterns(model, batch.tokens).float()  # (B, L, H, T, T)
+    B, n_layers, n_heads, T, _ = pats.shape
+    causal = is_causal(model)
+    a, k = batch.anchor_pos, batch.key_pos
+    rows = torch.arange(B)
+    pos = torch.arange(T)
+    vis = visible_mask(T, causal)  # (T, T)
+    mid = k < T - 1  # the key is not the last input
+    out: dict[str, torch.Tensor] = {}
+    P = pats.permute(0, 3, 4, 1, 2)  # (B, dest, src, L, H)
+    out["key_row_to_anchor"] = P[rows, k, a][mid].mean(0)
+    out["anchor_row_to_key"] = P[rows, a, k].mean(0)
+    out["last_row_to_key"] = P[rows, T - 1, k][mid].mean(0)
+    out["last_row_to_anchor"] = P[rows, T - 1, a].mean(0)
+    other = (pos[None] != a[:, None]) & (pos[None] != k[:, None])  # (B, T) rows
+    col_a = P[rows, :, a]  # (B, dest, L, H)
+    col_k = P[rows, :, k]
+    sees_a = vis[:, a].T & other  # (B, T)
+    out["other_rows_to_anchor"] = (col_a * sees_a[..., None, None]).sum((0, 1)) / sees_a.sum().clamp_min(1)
+    for name, col, c in (("rows_to_key", col_k, k), ("rows_to_anchor", col_a, a)):
+        m = vis[:, c].T & (pos[None] != c[:, None])  # (B, T)
+        out[name] = (col * m[..., None, None]).sum((0, 1)) / m.sum().clamp_min(1)
+    out["self"] = torch.diagonal(pats, dim1=-2, dim2=-1).mean((0, 3))
+    out["prev"] = torch.diagonal(pats, offset=-1, dim1=-2, dim2=-1).mean((0, 3))
+    n_vis = vis.sum(-1).float()  # (T,)
+    unif = (1.0 / n_vis[k][mid]).mean()
+    res = {name: [[round(float(v), 4) for v in row] for row in t] for name, t in out.items()}
+    res["key_row_to_anchor_uniform"] = round(float(unif), 4)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# one seed
+
+
+def study_one(model, task, seed: int, n_samples: int) -> dict:
+    """Label the heads of one trained model and run the circuit checks; a JSON-safe dict."""
+    from anchor_interp.ablation import circuit_check
+    from anchor_interp.heads import analyse_heads
+
+    batch = task.sample(n_samples, split="test", seed=LABEL_SEED_BASE + seed)
+    analysis = analyse_heads(model, batch, task=task, seed=seed)
+    recs = analysis.records
+    labelled = [(r.layer, r.head) for r in recs if r.label in ROLES]
+    by_role = {role: [r.name for r in recs if r.label == role] for role in ROLES}
+    found = {role: bool(by_role[role]) for role in ROLES}
+    row: dict = {"labels": " ".join(f"{r.name}:{_short(r)}" for r in recs)}
+    for role in ROLES:
+        row[f"{role}_heads"] = " ".join(by_role[role])
+        row[f"found_{role}"] = found[role]
+    row["groups"] = " ".join(f"{g.name}=[{','.join(g.heads)}]" for g in analysis.groups)
+    if labelled and len(labelled) < model.cfg.n_layers * model.cfg.n_heads:
+        cc = circuit_check(model, batch.tokens, batch.targets, labelled, method="mean", seed=seed,
+                           max_circuit_ablated_accuracy=MAX_CIRCUIT_ACC, min_kept_fraction=MIN_KEPT)
+        row.update(acc_without_labelled=cc.accuracy_without_circuit, acc_without_rest=cc.accuracy_without_rest,
+                   kept_fraction=cc.kept_fraction)
+        circuit_ok = cc.passes
+    elif labelled:  # every head labelled: "all the other heads" is the empty set, nothing ablated
+        from anchor_interp.ablation import ablate
+
+        r = ablate(model, batch.tokens, labelled, targets=batch.targets, method="mean", seed=seed)
+        row.update(acc_without_labelled=r.accuracy, acc_without_rest=r.base_accuracy, kept_fraction=1.0)
+        circuit_ok = r.accuracy <= MAX_CIRCUIT_ACC
+    else:
+        row.update(acc_without_labelled=float("nan"), acc_without_rest=float("nan"), kept_fraction=float("nan"))
+        circuit_ok = False
+    row["passes"] = bool(found["shift"] and found["broadcast"] and circuit_ok)
+    masses = raw_masses(model, batch)
+    shifts = [r for r in recs if r.label == "shift"]
+    best = max(shifts, key=lambda r: r.causal_effect) if shifts else None
+    bcs = [r for r in recs if r.label == "broadcast"]
+    row["best_shift_head"] = best.name if best else ""
+    row["best_shift_offset"] = best.offset if best else ""
+    row["shift_key_row_to_anchor"] = _at(masses["key_row_to_anchor"], best)
+    row["shift_key_row_to_anchor_uniform"] = masses["key_row_to_anchor_uniform"]
+    row["shift_anchor_row_to_key"] = _at(masses["anchor_row_to_key"], best)
+    row["broadcast_last_to_key"] = _mean_at(masses["last_row_to_key"], bcs)
+    row["broadcast_rows_to_key"] = _mean_at(masses["rows_to_key"], bcs)
+    row["heads"] = [r.to_dict() for r in recs]
+    row["head_groups"] = [g.to_dict() for g in analysis.groups]
+    row["baseline"] = analysis.to_dict()["baseline"]
+    row["raw_masses"] = masses
+    return row
+
+
+def _short(rec) -> str:
+    if rec.label == "shift":
+        return f"shift({rec.offset:+d})"
+    if rec.label == "broadcast":
+        return "broadcast"
+    return rec.kind or "neither"
+
+
+def _at(table, rec):
+    return "" if rec is None else table[rec.layer][rec.head]
+
+
+def _mean_at(table, recs):
+    if not recs:
+        return ""
+    return round(sum(table[r.layer][r.head] for r in recs) / len(recs), 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# one spec, several seeds
+
+
+def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: int | None, n_samples: int,
+             progress: bool) -> list[dict]:
+    """Train ``spec_name`` (a zoo spec) on every seed at once and study each; one dict per seed."""
+    from anchor_interp.models import count_parameters, make_model, model_config
+    from anchor_interp.tasks import make_task
+    from anchor_interp.training import get_recipe, train_many
+    from anchor_interp.zoo import ZOO
+
+    spec = ZOO[spec_name]
+    task = make_task(spec.task, **spec.task_params)
+    overrides = dict(spec.recipe_overrides)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+        if "cosine_epochs" in overrides or epochs < get_recipe(spec.recipe).epochs:
+            warm = get_recipe(spec.recipe, **{k: v for k, v in overrides.items() if k != "cosine_epochs"})
+            overrides["warmup_epochs"] = min(warm.warmup_epochs, epochs / 10)
+            overrides["cosine_epochs"] = max(epochs - overrides["warmup_epochs"], 1)
+    if n_train is not None:
+        overrides["n_train"] = n_train
+    recipe = get_recipe(spec.recipe, **overrides)
+    cfg = model_config(spec.preset, task, **spec.model_overrides)
+    models = [make_model(cfg, task, seed=s, init_gamma=spec.init_gamma) for s in seeds]
+    t0 = time.perf_counter()
+    results = train_many(models, task, recipe, seeds=seeds, progress=progress, preset=spec.preset)
+    secs = (time.perf_counter() - t0) / len(seeds)
+    rows = []
+    for seed, res in zip(seeds, results):
+        row = {"spec": spec_name, "preset": spec.preset, "seed": seed, "n_params": count_parameters(res.model),
+               "epochs": res.epoch, "n_train": recipe.n_train, "train_seconds": round(secs, 1),
+               "test_acc": res.final.get("test_acc", float("nan"))}
+        row.update(study_one(res.model, task, seed, n_samples))
+        row["recipe"] = recipe.to_dict()
+        row["init_gamma"] = spec.init_gamma
+        row["model_overrides"] = spec.model_overrides
+        rows.append(row)
+        print(f"{spec_name} seed {seed}: acc {row['test_acc']:.4f} | {row['labels']} | without labelled "
+              f"{row['acc_without_labelled']:.3f}, without rest {row['acc_without_rest']:.3f} -> "
+              f"{'PASS' if row['passes'] else 'FAIL'}", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Counts of seeds that pass each criterion."""
+    n = len(rows)
+    return {
+        "n_seeds": n,
+        "found_shift": sum(r["found_shift"] for r in rows),
+        "found_broadcast": sum(r["found_broadcast"] for r in rows),
+        "circuit_ablated_le_0.1": sum(r["acc_without_labelled"] <= MAX_CIRCUIT_ACC for r in rows),
+        "rest_ablated_kept_ge_0.95": sum(r["kept_fraction"] >= MIN_KEPT for r in rows),
+        "passes": sum(r["passes"] for r in rows),
+        "mean_test_acc": round(sum(r["test_acc"] for r in rows) / max(n, 1), 4),
+    }
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items() if k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def _json_safe(x):
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", action="append", choices=SPECS, help="zoo spec(s) to study (default: both)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds (default 0-4)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the spec's epochs (toy runs)")
+    ap.add_argument("--n-train", type=int, default=None, help="override the spec's training-set size")
+    ap.add_argument("--n-samples", type=int, default=500, help="held-out rows for labelling (default 500)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    ap.add_argument("--force", action="store_true", help="overwrite existing results")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        check_args(args)
+    except StudyError as e:
+        ap.exit(2, f"head_study.py: error: {e}\n")
+    return args
+
+
+def check_args(args) -> None:
+    """Raise StudyError for values argparse cannot check."""
+    if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
+        raise StudyError(f"--seeds: give distinct ints >= 0, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        raise StudyError(f"--epochs: must be >= 1, got {args.epochs}")
+    if args.n_train is not None and args.n_train < 100:
+        raise StudyError(f"--n-train: must be >= 100 (one batch), got {args.n_train}")
+    if args.n_samples < 16:
+        raise StudyError(f"--n-samples: must be >= 16 held-out rows, got {args.n_samples}")
+    if args.threads < 1:
+        raise StudyError(f"--threads: must be >= 1, got {args.threads}")
+    specs = args.spec or list(SPECS)
+    existing = [args.out / s / "seeds.csv" for s in specs if (args.out / s / "seeds.csv").exists()]
+    if existing and not args.force:
+        raise StudyError(f"--out: results exist ({', '.join(map(str, existing))}); use --force to overwrite")
+    if args.out.exists() and not args.out.is_dir():
+        raise StudyError(f"--out: {args.out} is a file, not a folder")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from anchor_interp.checkpoint import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    specs = args.spec or list(SPECS)
+    summary = {"command": "python analyses/head_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "criteria": {"max_circuit_ablated_accuracy": MAX_CIRCUIT_ACC, "min_kept_fraction": MIN_KEPT},
+               "specs": {}}
+    summary_path = args.out / "summary.json"
+    if summary_path.exists():
+        old = json.loads(summary_path.read_text())
+        summary["specs"] = {k: v for k, v in old.get("specs", {}).items() if k not in specs}
+    for spec_name in specs:
+        rows = run_spec(spec_name, list(args.seeds), epochs=args.epochs, n_train=args.n_train,
+                        n_samples=args.n_samples, progress=not args.no_progress)
+        folder = args.out / spec_name
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "seeds.csv", _csv_text(rows))
+        atomic_write_text(folder / "seeds.json", json.dumps(_json_safe(rows), indent=1) + "\n")
+        summary["specs"][spec_name] = summarise(rows)
+        print(f"{spec_name}: {summary['specs'][spec_name]}")
+    atomic_write_text(summary_path, json.dumps(_json_safe(summary), indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
