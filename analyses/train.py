@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     for r in results:
         f = r.final
         print(f"seed {r.seed}: epoch {r.epoch} step {r.step} train_loss {f.get('train_loss', float('nan')):.4g} "

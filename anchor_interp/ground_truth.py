@@ -36,8 +36,12 @@ L0H1   previous-token pattern, ``W_O = 0`` (decoy)                              
 L0H2   attends to itself; writes into a direction nothing reads                     neither / self
 L1H0   every row reads the flagged position (the key) and copies the token there    broadcast
        into the copy space that ``W_U`` reads
-L1H1   uniform; copies the average token with a small gain                          neither / uniform
+L1H1   uniform; writes into a direction nothing reads                               neither / uniform
+L1H2   attends to position 0; ``W_O = 0``                                           neither / sink
 =====  ===========================================================================  ==================
+
+Anchor tokens also carry -1 on the flag direction, so that an anchor at position 0 (whose row can only
+see itself) does not flag itself, and the model is exact (held-out accuracy 1.0).
 
 :func:`sample_tokens` draws the inputs these heads are meant for: fillers in ``[4, V)`` and exactly
 one marker token (one of ``MARKERS`` = 1, 2, 3, at random) per row, at a random position in
@@ -223,6 +227,7 @@ CIRCUIT_EXPECTED: tuple[tuple[str, int | None, str | None], ...] = (
     ("neither", None, "self"),
     ("broadcast", None, None),
     ("neither", None, "uniform"),
+    ("neither", None, "sink"),
 )
 
 
@@ -257,6 +262,7 @@ def make_identity_circuit_model(task, *, attn_gain: float = 12.0, logit_gain: fl
         for p in model.parameters():
             p.zero_()
         model.embed.W_E[tok, tok] = 1.0
+        model.embed.W_E[tok[list(task.anchor_ids)], flag] = -1.0
         model.pos_embed.W_pos[torch.arange(T), pos] = 1.0
         model.unembed.W_U[copy, tok] = logit_gain
         a0, a1 = model.blocks[0].attn, model.blocks[1].attn
@@ -279,6 +285,10 @@ def make_identity_circuit_model(task, *, attn_gain: float = 12.0, logit_gain: fl
         a1.W_O[0][torch.arange(V), copy] = 1.0
         # uniform, copying with a small gain
         a1.W_V[1][tok, torch.arange(V)] = 1.0
-        a1.W_O[1][torch.arange(V), copy] = 0.1
+        a1.W_O[1][torch.arange(V), sink_dim] = 1.0
+        # sink without output
+        a1.W_Q[2][pos, 0] = gain
+        a1.W_K[2][pos[0], 0] = 1.0
+        a1.W_V[2][tok, torch.arange(V)] = 1.0
     model.eval()
     return model

@@ -20,11 +20,13 @@ The rule (docs/concepts.md gives the reasons and the measurements behind each th
    candidate role but no confirmed one is ``neither`` / ``inert`` with a note. Otherwise ``neither`` with
    kind ``sink`` or ``self`` (score >= ``Thresholds.kind``), else ``uniform`` (uniform >=
    ``Thresholds.uniform``), else ``other``.
-4. **Groups.** For each role and layer, the heads that are candidates but not confirmed alone (at
-   least two) are mean-ablated together; if that removes at least ``Thresholds.group_effect`` of the
-   behaviour (task: relative held-out accuracy drop; no task: the KL share) they form a group
-   ``"<role>_L<layer>"``: each member is labelled with the role, ``group`` set, and a note. Heads that are
-   confirmed alone and share a layer and role are also reported as a group with their joint effect.
+4. **Groups.** For each role and layer (shift: and offset), the heads confirmed in that role plus the
+   inert candidates that still do something (effect >= a quarter of the confirming threshold; a decoy
+   with zero output does not) are mean-ablated together. Two or more such heads form a group
+   ``"<role>_L<layer>"`` (``"shift_L0_offset-1"``) with that joint effect (task: relative held-out
+   accuracy drop; no task: KL share). ``needed_together`` when the group removes at least
+   ``Thresholds.group_effect`` while no member alone does; only then are inert members relabelled with
+   the role (with a note) -- otherwise the group is the confirmed heads alone.
 5. **Confidence** in [0, 1]: for a label, ``sqrt(min(1, pattern / 0.5) * min(1, effect / 0.5))`` (a
    pattern score or effect of 0.5 counts as full evidence); for ``inert``, ``min(1, pattern / 0.5) *
    (1 - effect / Thresholds.effect)``; for the other kinds, ``0.5 * kind_score + 0.5 * (1 -
@@ -75,6 +77,7 @@ LABELS = ("shift", "broadcast", "neither")
 NEITHER_KINDS = ("sink", "self", "uniform", "inert", "other")
 ROLE_COUNTERFACTUAL = {"shift": "anchor_move", "broadcast": "key_swap"}
 FULL_EVIDENCE = 0.5
+MIN_BASE_ACCURACY = 0.1  # below this held-out accuracy, relative accuracy drops are not computed
 
 
 def head_name(layer: int, head: int) -> str:
@@ -286,12 +289,16 @@ def analyse_heads(
         abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed)
         base_acc = float(abl["base_accuracy"])
         baseline["accuracy"] = base_acc
-        acc_drop = ((base_acc - abl["accuracy"]) / base_acc).clamp(0, 1) if base_acc > 0 else torch.zeros_like(abl["accuracy"])
+        if base_acc >= MIN_BASE_ACCURACY:
+            acc_drop = ((base_acc - abl["accuracy"]) / base_acc).clamp(0, 1)
+        else:  # a relative drop from (almost) nothing is noise
+            acc_drop = torch.zeros_like(abl["accuracy"])
+            global_notes.append(f"held-out accuracy {base_acc:.3f} < {MIN_BASE_ACCURACY}: accuracy drops are set to 0")
         from anchor_interp.patching import patch_head_out
 
+        corrupt_of = {cf: task.counterfactual(batch, cf, seed=seed + 1) for cf in ROLE_COUNTERFACTUAL.values()}
         for role, cf in ROLE_COUNTERFACTUAL.items():
-            corrupt = task.counterfactual(batch, cf, seed=seed + 1)
-            res = patch_head_out(model, batch, corrupt, metric="logit_diff", counterfactual=cf)
+            res = patch_head_out(model, batch, corrupt_of[cf], metric="logit_diff", counterfactual=cf)
             gap = float(res.clean_value - res.corrupt_value)
             baseline[f"logit_gap_{cf}"] = gap
             vals = res.values.float().cpu()
@@ -303,11 +310,13 @@ def analyse_heads(
                 vals = torch.zeros_like(vals)
             effects[role] = torch.nan_to_num(vals, nan=0.0)
         # where the key lives in each head's output: key_swap patching one position at a time
-        corrupt = task.counterfactual(batch, "key_swap", seed=seed + 1)
-        by_pos = patch_head_out(model, batch, corrupt, metric="logit_diff", by_pos=True, counterfactual="key_swap")
-        by_pos = torch.nan_to_num(by_pos.values.float().cpu(), nan=0.0).abs()  # (L, H, T)
-        total = by_pos.sum(-1)
-        last_share = torch.where(total > 1e-9, by_pos[..., -1] / total.clamp_min(1e-9), torch.full_like(total, math.nan))
+        if abs(baseline["logit_gap_key_swap"]) >= thresholds.min_logit_gap:
+            by_pos = patch_head_out(model, batch, corrupt_of["key_swap"], metric="logit_diff", by_pos=True,
+                                    counterfactual="key_swap")
+            by_pos = torch.nan_to_num(by_pos.values.float().cpu(), nan=0.0).abs()  # (L, H, T)
+            total = by_pos.sum(-1)
+            last_share = torch.where(total > 1e-9, by_pos[..., -1] / total.clamp_min(1e-9),
+                                     torch.full_like(total, math.nan))
         group_metric = "accuracy_drop"
     else:
         dla = None
@@ -330,7 +339,7 @@ def analyse_heads(
             bc_pat = scores["broadcast"]
             if ts is not None:
                 for k in ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
-                          "key_column", "anchor_column", "task_shift", "task_broadcast"):
+                          "last_row_to_pair", "key_column", "anchor_column", "task_shift", "task_broadcast"):
                     scores[k] = float(ts[k][layer, head])
                 if scores["task_shift"] > shift_pat:
                     shift_pat, offset = scores["task_shift"], int(ts["task_shift_offset"][layer, head])
@@ -357,8 +366,10 @@ def analyse_heads(
                           task is not None, location)
             records.append(rec)
 
-    groups = _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, acc_drop, thresholds,
-                          method, seed, group_metric, baseline)
+    effects_lh = {role: {(layer, head): float(v[layer, head]) for layer in range(cfg.n_layers)
+                         for head in range(cfg.n_heads)} for role, v in effects.items()}
+    groups = _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, effects_lh, acc_drop,
+                          thresholds, method, seed, group_metric, baseline)
     for rec in records:
         rec.notes = global_notes + rec.notes
     return HeadAnalysis(records, groups, thresholds, baseline)
@@ -412,9 +423,10 @@ def _decide(layer, head, scores, pat, eff, offset, qk_offset, th: Thresholds, ha
                       _clip01(0.5 * kind_score + 0.5 * not_role), None, notes)
 
 
-def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, single_effect, th, method, seed,
-                 metric, baseline):
+def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, effects, single_effect, th, method,
+                 seed, metric, baseline):
     cfg = model.cfg
+    contributes = (th.effect if batch is not None else th.kl_share) / 4
     by_name = {(r.layer, r.head): r for r in records}
     groups: list[HeadGroup] = []
 
@@ -428,32 +440,39 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, si
 
     def _group_layer(heads, role, name):
         confirmed = [h for h in heads if by_name[h].label == role]
-        weak = [h for h in heads if by_name[h].label == "neither" and role_pattern[h][role] >= th.pattern]
-        if len(weak) >= 2:
-            effect = joint(weak)
-            singles = {head_name(*h): float(single_effect[h]) for h in weak}
-            if effect >= th.group_effect and max(singles.values()) < th.group_effect:
-                groups.append(HeadGroup(name, role, [head_name(*h) for h in weak], effect, metric, singles, True))
-                members = ", ".join(head_name(*h) for h in weak)
-                for h in weak:
-                    rec = by_name[h]
-                    rec.label, rec.kind, rec.group = role, None, name
-                    rec.offset = pattern_offset[h] if role == "shift" else None
-                    rec.notes = [n for n in rec.notes if not n.startswith("pattern looks like")]
-                    rec.notes.append(
-                        f"carries {role} only together with the other heads of group {name} ({members}): "
-                        f"joint {metric} {effect:.2f}, this head alone {singles[head_name(*h)]:.2f}"
-                    )
-                    rec.confidence = _clip01(0.8 * math.sqrt(
-                        min(1.0, role_pattern[h][role] / FULL_EVIDENCE) * min(1.0, effect / FULL_EVIDENCE)))
+        # inert candidates join only if they do something (a decoy with zero output does not)
+        weak = [h for h in heads if by_name[h].label == "neither" and role_pattern[h][role] >= th.pattern
+                and float(effects[role][h]) >= contributes]
+        members = confirmed + weak
+        if len(members) < 2:
+            return
+        effect = joint(members)
+        singles = {head_name(*h): float(single_effect[h]) for h in members}
+        needed = effect >= th.group_effect and max(singles.values()) < th.group_effect
+        if weak and not needed:
+            members, weak = confirmed, []
+            if len(members) < 2:
                 return
-        if len(confirmed) >= 2:
-            effect = joint(confirmed)
-            singles = {head_name(*h): float(single_effect[h]) for h in confirmed}
+            effect = joint(members)
+            singles = {head_name(*h): float(single_effect[h]) for h in members}
             needed = effect >= th.group_effect and max(singles.values()) < th.group_effect
-            groups.append(HeadGroup(name, role, [head_name(*h) for h in confirmed], effect, metric, singles, needed))
-            for h in confirmed:
-                by_name[h].group = name
+        groups.append(HeadGroup(name, role, [head_name(*h) for h in members], effect, metric, singles, needed))
+        names = ", ".join(head_name(*h) for h in members)
+        for h in members:
+            rec = by_name[h]
+            rec.group = name
+            if h in weak:
+                rec.label, rec.kind = role, None
+                rec.offset = pattern_offset[h] if role == "shift" else None
+                rec.notes = [n for n in rec.notes if not n.startswith("pattern looks like")]
+                rec.causal_effect = float(effects[role][h])
+                rec.confidence = _clip01(0.8 * math.sqrt(
+                    min(1.0, role_pattern[h][role] / FULL_EVIDENCE) * min(1.0, effect / FULL_EVIDENCE)))
+            if needed:
+                rec.notes.append(
+                    f"carries {role} together with the other heads of group {name} ({names}): mean-ablating "
+                    f"them all removes {effect:.0%} ({metric}), this head alone {singles[head_name(*h)]:.0%}"
+                )
 
     for role in ("shift", "broadcast"):
         for layer in range(cfg.n_layers):

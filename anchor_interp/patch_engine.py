@@ -12,6 +12,7 @@ against ``model.run_with_cache`` and ``transformer_lens.patching`` in float64.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,10 +131,38 @@ class _LayerWeights:
     W_out: Tensor  # (d_model, H*dh)
 
 
-class Engine:
-    """A HookedTransformer's forward pass, restartable from any layer; weights laid out once per call."""
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (stamp, laid-out weights)
 
-    def __init__(self, model):
+
+def engine_for(model) -> Engine:
+    """An :class:`Engine` for ``model`` whose weight layout is reused while no parameter has changed
+    (a new tensor, or an in-place update, which bumps the tensor's version counter)."""
+    check_model(model)
+    stamp = tuple((id(p), p._version) for p in model.parameters())
+    cached = _WEIGHTS.get(model)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, _layer_weights(model))
+        _WEIGHTS[model] = cached
+    return Engine(model, weights=cached[1])
+
+
+def _layer_weights(model) -> list[_LayerWeights]:
+    d_model = model.cfg.d_model
+    out = []
+    with torch.no_grad():
+        for block in model.blocks:
+            attn = block.attn
+            Ws = [getattr(attn, f"W_{c}").permute(0, 2, 1).reshape(-1, d_model) for c in "QKV"]
+            bs = [getattr(attn, f"b_{c}").reshape(-1) for c in "QKV"]
+            W_O = attn.W_O  # (H, dh, d)
+            out.append(_LayerWeights(torch.cat(Ws), torch.cat(bs), W_O.reshape(-1, W_O.shape[-1]).T.contiguous()))
+    return out
+
+
+class Engine:
+    """A HookedTransformer's forward pass, restartable from any layer; weights laid out once."""
+
+    def __init__(self, model, weights: list[_LayerWeights] | None = None):
         check_model(model)
         self.model = model
         cfg = model.cfg
@@ -141,15 +170,17 @@ class Engine:
         self.n_layers = cfg.n_layers
         self.H, self.dh = cfg.n_heads, cfg.d_head
         self.causal = cfg.attention_dir == "causal"
-        self.w = []
-        for block in model.blocks:
-            attn = block.attn
-            Ws = [getattr(attn, f"W_{c}").permute(0, 2, 1).reshape(-1, cfg.d_model) for c in "QKV"]
-            bs = [getattr(attn, f"b_{c}").reshape(-1) for c in "QKV"]
-            W_O = attn.W_O  # (H, dh, d)
-            self.w.append(_LayerWeights(torch.cat(Ws), torch.cat(bs), W_O.reshape(-1, W_O.shape[-1]).T.contiguous()))
+        self._masks: dict[tuple[int, str], Tensor] = {}
+        self.w = weights if weights is not None else _layer_weights(model)
 
     # -------------------------------------------------------------------------------- pieces
+
+    def _future(self, T: int, device) -> Tensor:
+        """[T, T] bool, True above the diagonal (the positions a causal query row may not see)."""
+        key = (T, str(device))
+        if key not in self._masks:
+            self._masks[key] = torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
+        return self._masks[key]
 
     def _split(self, t: Tensor) -> Tensor:
         return t.reshape(*t.shape[:-1], self.H, self.dh)
@@ -216,8 +247,7 @@ class Engine:
                     v[:, head] = self.qkv_head(layer, x_rec, "v", head)
         scores = q @ k.transpose(-1, -2) / self.attn_scale(layer)  # (N, H, Tq, T)
         if not last_row_only and self.causal:
-            mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~mask, -math.inf)
+            scores = scores.masked_fill(self._future(T, scores.device), -math.inf)
         pattern = softmax_pattern(scores)
         z = (pattern @ v).transpose(1, 2)  # (N, Tq, H, dh)
         if parts is not None:
@@ -331,6 +361,44 @@ class Engine:
             "logits_last": last_logits,  # (B, d_vocab)
         }
 
+    def layer_context(self, corrupt: dict[str, Tensor], layer: int) -> dict[str, Tensor]:
+        """The corrupted run's block ``layer``, laid out for :meth:`one_position_block` (needs its
+        ``hook_resid_pre``, ``attn.hook_q``, ``attn.hook_k`` and ``attn.hook_v``)."""
+        pre = f"blocks.{layer}."
+        q, k, v = (corrupt[f"{pre}attn.hook_{c}"].transpose(1, 2).contiguous() for c in "qkv")  # (B, H, T, dh)
+        return {
+            "resid_pre": corrupt[pre + "hook_resid_pre"],  # (B, T, d)
+            "q": q,
+            "k": k,
+            "v": v,
+            "scores": q @ k.transpose(-1, -2) / self.attn_scale(layer),  # (B, H, T, T), unmasked
+        }
+
+    def one_position_block(
+        self, ctx: dict[str, Tensor], layer: int, b: Tensor, pos: Tensor, row: Float[Tensor, "N d_model"]
+    ) -> Float[Tensor, "N T d_model"]:
+        """``resid_post`` of block ``layer`` when its input differs from the corrupted run's only at
+        position ``pos`` (where it is ``row``): one query row and one key/value column of the cached
+        attention scores are recomputed instead of every projection."""
+        N, T, d = b.shape[0], ctx["resid_pre"].shape[1], row.shape[-1]
+        H, dh = self.H, self.dh
+        scale = self.attn_scale(layer)
+        resid = ctx["resid_pre"].index_select(0, b)  # (N, T, d)
+        resid.scatter_(1, pos.view(N, 1, 1).expand(N, 1, d), row[:, None])
+        x = self.model.blocks[layer].ln1(row[:, None])[:, 0]  # (N, d)
+        q_p, k_p, v_p = self.qkv(layer, x, "qkv")  # (N, H, dh) each
+        at = pos.view(N, 1, 1, 1)
+        q = ctx["q"].index_select(0, b).scatter_(2, at.expand(N, H, 1, dh), q_p[:, :, None])  # (N, H, T, dh)
+        k = ctx["k"].index_select(0, b).scatter_(2, at.expand(N, H, 1, dh), k_p[:, :, None])
+        v = ctx["v"].index_select(0, b).scatter_(2, at.expand(N, H, 1, dh), v_p[:, :, None])
+        scores = ctx["scores"].index_select(0, b)  # (N, H, T, T)
+        scores.scatter_(3, at.expand(N, H, T, 1), (q * k_p[:, :, None]).sum(-1, keepdim=True) / scale)  # column
+        scores.scatter_(2, at.expand(N, H, 1, T), (q_p[:, :, None] * k).sum(-1)[:, :, None] / scale)  # row
+        if self.causal:
+            scores = scores.masked_fill(self._future(T, scores.device), -math.inf)
+        z = (softmax_pattern(scores) @ v).transpose(1, 2)  # (N, T, H, dh)
+        return self.mlp(layer, resid + self.out(layer, z))
+
     def final_rows(
         self, ctx: dict[str, Tensor], rows: Rows, mlp_layer: int | None, readout: Callable[[Tensor], Tensor] | None = None
     ) -> Float[Tensor, "N d_vocab"]:
@@ -348,12 +416,13 @@ class Engine:
             row = self.mlp(mlp_layer, row)
         x = self.model.blocks[layer].ln1(row)  # (N, 1, d)
         N, T = row.shape[0], ctx["k"].shape[2]
-        n = torch.arange(N, device=row.device)
         k_new, v_new = self.qkv(layer, x[:, 0], "kv")  # (N, H, dh)
         scale = self.attn_scale(layer)
+        col = rows.pos.view(N, 1, 1).expand(N, self.H, 1)  # (N, H, 1)
         # scores of the last query row: the corrupted ones with column `pos` replaced...
         scores = ctx["scores_last"].index_select(0, rows.b)  # (N, H, T)
-        scores[n, :, rows.pos] = (ctx["q_last"].index_select(0, rows.b) * k_new).sum(-1) / scale
+        new_col = (ctx["q_last"].index_select(0, rows.b) * k_new).sum(-1, keepdim=True) / scale  # (N, H, 1)
+        scores.scatter_(2, col, new_col)
         resid = ctx["resid_last"].index_select(0, rows.b)  # (N, d)
         at_last = (rows.pos == T - 1).nonzero()[:, 0]
         if at_last.numel():  # ...or, where the last position itself changed, a new query row
@@ -364,7 +433,7 @@ class Engine:
             resid[at_last] = row[at_last, 0]
         pattern = softmax_pattern(scores)
         v = ctx["v"].index_select(0, rows.b)  # (N, H, T, dh)
-        v[n, :, rows.pos] = v_new
+        v.scatter_(2, col[..., None].expand(N, self.H, 1, self.dh), v_new[:, :, None])
         z = (pattern[..., None] * v).sum(-2)  # (N, H, dh); faster than N*H tiny matmuls
         resid = self.mlp(layer, (resid + self.out(layer, z))[:, None])  # (N, 1, d)
         return (readout or self.unembed)(resid)[:, 0]

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_interp.patch_engine import Engine, Rows, changed_rows, check_model
+from anchor_interp.patch_engine import Rows, changed_rows, check_model, engine_for
 
 METRICS = ("logit_diff", "accuracy", "kl")
 QKV = ("q", "k", "v")
@@ -151,8 +151,13 @@ def kl_from_clean(
     last_logits: Float[Tensor, "*variant batch d_vocab"], clean_logprobs: Float[Tensor, "batch d_vocab"]
 ) -> Float[Tensor, "*variant"]:
     """Batch-mean of ``KL(p_clean || p_patched)`` at the last position (nats, >= 0; 0 for the clean run)."""
-    logprobs = last_logits.log_softmax(-1)
-    return (clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1).mean(-1)
+    return _kl_rows(clean_logprobs, last_logits.log_softmax(-1)).mean(-1)
+
+
+def _kl_rows(clean_logprobs: Tensor, logprobs: Tensor) -> Tensor:
+    """Per-row KL over the last dim; tokens the clean run gives probability 0 contribute 0 (not NaN)."""
+    p = clean_logprobs.exp()
+    return torch.where(p > 0, p * (clean_logprobs - logprobs), torch.zeros_like(p)).sum(-1)
 
 
 class _Metric:
@@ -173,8 +178,7 @@ class _Metric:
             return clean - last.gather(1, self.corrupt_targets[b, None])[:, 0]
         if self.name == "accuracy":
             return (last.argmax(-1) == self.clean_targets[b]).to(last.dtype)
-        lp_clean = self.clean_logprobs[b]
-        return (lp_clean.exp() * (lp_clean - last.log_softmax(-1))).sum(-1)
+        return _kl_rows(self.clean_logprobs[b], last.log_softmax(-1))
 
     def __call__(self, logits: Float[Tensor, "variant batch pos d_vocab"]) -> Float[Tensor, " variant"]:
         if self.fn is not None:
@@ -300,14 +304,19 @@ class _Sweep:
             raise ValueError(f"max_batch: must be a positive int (sequences per forward pass), got {max_batch!r}")
         self.inp = _inputs(model, clean, corrupt, counterfactual)
         self.metric_name, metric_fn = _resolve_metric(metric, self.inp, model.cfg.d_vocab)
-        self.engine = Engine(model)
+        self.engine = engine_for(model)
         self.model = model
         self.max_batch = max_batch
         self.n_layers = model.cfg.n_layers
         self.B, self.T = self.inp.clean_tokens.shape
         self.last_only = metric_fn is None
-        final = f"blocks.{self.n_layers - 1}."
-        context = [final + "hook_resid_pre", final + "attn.hook_k", final + "attn.hook_v", final + "attn.hook_q"]
+        self._answer_dirs: tuple[Tensor, Tensor] | None = None
+        context = [
+            f"blocks.{layer}.{name}"
+            for layer in range(self.n_layers)
+            for name in ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v")
+        ]
+        self._layer_ctx: dict[int, dict[str, Tensor]] = {}
         names = list(dict.fromkeys([*hooks_clean, *hooks_corrupt, *(context if self.last_only else [])]))
         with torch.inference_mode():
             tokens = torch.cat([self.inp.clean_tokens, self.inp.corrupt_tokens])
@@ -377,19 +386,27 @@ class _Sweep:
             return self._readout(resid[:, -1:], rows.b)[:, None]
 
         final = self.n_layers - 1
-        if rows.pos is not None and not receivers:
-            if after_attn and layer == final:
-                # a change at the final block's output reaches the logits only at the last position
-                out = self.corrupt_rows[rows.b].clone()
-                at_last = (rows.pos == self.T - 1).nonzero()[:, 0]
-                if at_last.numel():
-                    resid = self.engine.mlp(final, rows.row[at_last][:, None])  # (n, 1, d)
-                    out[at_last] = self._readout(resid, rows.b[at_last])
-                return out
-            if (after_attn and layer == final - 1) or (not after_attn and layer == final):
-                mlp_layer = layer if after_attn else None
-                return self.engine.final_rows(self.final, rows, mlp_layer, readout)
-        return self._forward_rows(rows, layer, after_attn, base, receivers, True, readout)[:, -1]
+        if rows.pos is None or receivers:
+            return self._forward_rows(rows, layer, after_attn, base, receivers, True, readout)[:, -1]
+        # one changed position: take it to the next attention block, which sees one new key/value
+        if after_attn and layer == final:
+            # a change at the final block's output reaches the logits only at the last position
+            out = self.corrupt_rows[rows.b].clone()
+            at_last = (rows.pos == self.T - 1).nonzero()[:, 0]
+            if at_last.numel():
+                resid = self.engine.mlp(final, rows.row[at_last][:, None])  # (n, 1, d)
+                out[at_last] = self._readout(resid, rows.b[at_last])
+            return out
+        attn_layer = layer + 1 if after_attn else layer
+        row = self.engine.mlp(layer, rows.row[:, None])[:, 0] if after_attn else rows.row  # resid_pre there
+        if attn_layer == final:
+            return self.engine.final_rows(self.final, replace(rows, row=row), None, readout)
+        if attn_layer not in self._layer_ctx:
+            self._layer_ctx[attn_layer] = self.engine.layer_context(self.corrupt, attn_layer)
+        resid = self.engine.one_position_block(self._layer_ctx[attn_layer], attn_layer, rows.b, rows.pos, row)
+        return self.engine.forward_from(
+            attn_layer + 1, resid, after_attn=False, last_only=True, readout=readout
+        )[:, -1]
 
     def _readout(self, resid: Float[Tensor, "N 1 d_model"], b: Tensor) -> Float[Tensor, " N"]:
         """Per-row metric from the final residual stream at the last position. The logit difference
@@ -399,9 +416,12 @@ class _Sweep:
         if self.metric_name == "logit_diff" and not (cap is not None and cap > 0):
             if cfg.normalization_type is not None:
                 resid = self.model.ln_final(resid)
-            W_U, b_U = self.model.unembed.W_U, self.model.unembed.b_U  # (d, V), (V,)
-            ct, xt = self.inp.clean_targets[b], self.inp.corrupt_targets[b]
-            return (resid[:, 0] * (W_U[:, ct] - W_U[:, xt]).T).sum(-1) + (b_U[ct] - b_U[xt])
+            if self._answer_dirs is None:  # per batch row: W_U[:, clean] - W_U[:, corrupt], and the bias
+                W_U, b_U = self.model.unembed.W_U, self.model.unembed.b_U  # (d, V), (V,)
+                ct, xt = self.inp.clean_targets, self.inp.corrupt_targets
+                self._answer_dirs = ((W_U[:, ct] - W_U[:, xt]).T.contiguous(), b_U[ct] - b_U[xt])  # (B, d), (B,)
+            dirs, bias = self._answer_dirs
+            return (resid[:, 0] * dirs.index_select(0, b)).sum(-1) + bias.index_select(0, b)
         return self.metric.rows(self.engine.unembed(resid)[:, 0], b)
 
     def _forward_rows(self, rows: Rows, layer, after_attn, base, receivers, last_only, readout=None) -> Tensor:

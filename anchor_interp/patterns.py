@@ -33,10 +33,12 @@ Scores (each a mean over the batch; ``m = ceil((seq - 1) / 2)`` is the *row floo
 
 With a task's batch (:func:`task_pattern_scores`), the same units on the rows and columns the task
 makes meaningful: ``key_row_to_anchor`` and ``anchor_row_to_key`` (off-diagonal lifts, as ``shift``),
-``last_row_to_key``, ``last_row_to_anchor``, ``key_column``, ``anchor_column`` (lifts, as columns), and
-their summaries ``task_shift`` (best of the two shift directions) and ``task_broadcast`` (best of the
-two columns and the two last-row scores: the tasks score the last position only, so a head whose last
-row reads the key, or the anchor slot that holds it, is doing the broadcast's one essential move).
+``last_row_to_key``, ``last_row_to_anchor``, ``key_column``, ``anchor_column`` (lifts, as columns),
+``last_row_to_pair`` (the last row's mass on the anchor and key slots together, vs ``2/n``; rows where
+either slot is the last position are left out), and their summaries ``task_shift`` (best of the two
+shift directions) and ``task_broadcast`` (best of the two columns and the three last-row scores: the
+tasks score the last position only, so a head whose last row reads the key, or the anchor slot that
+holds it after a shift, is doing the broadcast's one essential move).
 """
 
 from __future__ import annotations
@@ -245,7 +247,8 @@ def task_pattern_scores(
 
     Rows with ``anchor_pos`` or ``key_pos`` equal to -1 (not applicable) are left out; a score with no
     usable row is 0. Returns ``key_row_to_anchor``, ``anchor_row_to_key``, ``last_row_to_key``,
-    ``last_row_to_anchor``, ``key_column``, ``anchor_column``, ``task_shift``, ``task_broadcast`` and
+    ``last_row_to_anchor``, ``last_row_to_pair``, ``key_column``, ``anchor_column``, ``task_shift``,
+    ``task_broadcast`` and
     ``task_shift_offset`` (the offset of the better shift direction, as a float tensor of ints).
     Raises ValueError on shape mismatches.
     """
@@ -284,6 +287,17 @@ def task_pattern_scores(
         vals = norm[b, :, :, rows, cols]
         out[name] = masked_mean(vals, usable[:, None, None].expand_as(vals)).clamp(0.0, 1.0)
 
+    # the last row's mass on the anchor and key slots together, vs 2/n: a head that reads the key directly
+    # for some anchor positions and the anchor slot (holding the key) for others still scores
+    n_last = vis[seq - 1].sum().to(patterns.dtype)
+    pair = patterns[b, :, :, last, k] + patterns[b, :, :, last, a]  # (B, L, H)
+    pair_ok = valid & vis[last, k] & vis[last, a] & (k != last) & (a != last) & (n_last > 2)
+    chance2 = 2.0 / n_last
+    pair_lift = (pair - chance2) / (1.0 - chance2).clamp_min(1e-12)
+    out["last_row_to_pair"] = masked_mean(
+        pair_lift, pair_ok.to(patterns.dtype)[:, None, None].expand_as(pair_lift)
+    ).clamp(0.0, 1.0)
+
     col_rows = vis & (vis.sum(-1) >= 2)[:, None] & ~torch.eye(seq, dtype=torch.bool, device=patterns.device)
     col_div = col_rows.sum(0).clamp_min(m).to(patterns.dtype)
     column = (norm * col_rows.to(patterns.dtype)).sum(-2) / col_div  # (B, L, H, T)
@@ -300,6 +314,7 @@ def task_pattern_scores(
         key_first, torch.full_like(out["task_shift"], float(mode)), torch.full_like(out["task_shift"], float(-mode))
     )
     out["task_broadcast"] = torch.stack(
-        [out["key_column"], out["anchor_column"], out["last_row_to_key"], out["last_row_to_anchor"]]
+        [out["key_column"], out["anchor_column"], out["last_row_to_key"], out["last_row_to_anchor"],
+         out["last_row_to_pair"]]
     ).max(0).values
     return out

@@ -130,3 +130,28 @@ def test_bad_inputs(gt_model, gt_tokens):
         label_heads(gt_model, gt_tokens, method="median")
     with pytest.raises(ValueError, match="seed"):
         label_heads(gt_model, gt_tokens, seed="0")
+
+
+def test_hand_set_identity_circuit_with_the_task(identity_task):
+    # counterfactual patching path: shift found by anchor_move, broadcast by key_swap, distractors neither
+    from anchor_interp.ablation import circuit_check
+
+    model = gt.make_identity_circuit_model(identity_task)
+    batch = identity_task.sample(256, split="test", seed=404)
+    analysis = analyse_heads(model, batch, identity_task, seed=404)
+    assert analysis.baseline["accuracy"] == 1.0
+    assert tuple(_triples(analysis.records)) == gt.CIRCUIT_EXPECTED
+    shift, broadcast = analysis.records[0], analysis.records[3]
+    assert shift.counterfactual == "anchor_move" and shift.causal_effect > 0.8
+    assert shift.scores["patch_key_swap"] < 0.05  # the shift head moves no key value
+    assert broadcast.counterfactual == "key_swap" and broadcast.causal_effect > 0.9
+    assert broadcast.scores["key_swap_last_share"] > 0.9
+    labelled = [(r.layer, r.head) for r in analysis.records if r.label != "neither"]
+    assert circuit_check(model, batch.tokens, batch.targets, labelled).passes
+
+
+def test_identity_circuit_rejects_other_tasks():
+    from anchor_interp.tasks import make_task
+
+    with pytest.raises(ValueError, match="identity-type"):
+        gt.make_identity_circuit_model(make_task("identity_key_before"))

@@ -150,6 +150,17 @@ def test_own_cached_forward_matches_run_with_cache(patch_models, kind):
         assert torch.allclose(ours[name], ref[name], atol=1e-10), name
 
 
+def test_weights_changed_in_place_are_seen(patch_models):
+    model = copy.deepcopy(patch_models["attn_causal_ln"])
+    clean, corrupt = make_pair(batch=4, seed=16)
+    before = P.patch_head_out(model, clean, corrupt, normalise=False).values
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.mul_(1.5)  # in place: same tensor, new version
+    after = P.patch_head_out(model, clean, corrupt, normalise=False).values
+    ref = tl_reference("get_act_patch_attn_head_out_all_pos", model, clean, corrupt)
+    assert not torch.allclose(before, after) and torch.allclose(after, ref, atol=TOL, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ path patching
 
 

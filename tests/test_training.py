@@ -302,3 +302,28 @@ def test_train_cli_help_does_not_import_torch():
             f"run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--n-train" in out.stdout and out.stdout.strip().endswith("False")
+
+
+def test_reproduce_identity_curve_toy(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "analyses" / "reproduce_identity_curve.py"
+    spec = importlib.util.spec_from_file_location("reproduce_identity_curve", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--sizes", "100", "200", "--seeds", "2", "--epochs", "2", "--out", str(tmp_path), "--no-progress",
+            "--set", "batch_size=50", "--tag", "toy"]
+    assert mod.main(argv) == 0
+    runs = list(csv.DictReader(open(tmp_path / "identity_curve_toy_runs.csv")))
+    assert [(r["n_train"], r["seed"]) for r in runs] == [("100", "0"), ("100", "1"), ("200", "0"), ("200", "1")]
+    assert [r["steps"] for r in runs] == ["4", "4", "8", "8"]  # 2 epochs of N / 50 steps
+    summary = list(csv.DictReader(open(tmp_path / "identity_curve_toy.csv")))
+    assert [s["n_train"] for s in summary] == ["100", "200"] and float(summary[1]["paper_mean_test_acc"]) == 0.04
+    accs = [float(r["test_acc"]) for r in runs if r["n_train"] == "200"]
+    assert float(summary[1]["mean_test_acc"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
+    assert (tmp_path / "identity_curve_toy.png").read_bytes()[:4] == b"\x89PNG"
+    # a second call with the same settings finds every run done and trains nothing new
+    mtime = (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns
+    assert mod.main(argv) == 0
+    assert (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns == mtime

@@ -1,0 +1,112 @@
+"""Measurements behind the head labeller's thresholds (docs/concepts.md quotes this script's output).
+
+    python analyses/head_thresholds.py                 # tuning seeds 0-2
+    python analyses/head_thresholds.py --seeds 3 4 5   # check seeds
+
+Prints, for the given seeds:
+1. randomly initialised models (presets small, mechanism; TransformerLens init and init_gamma 0.5): the
+   largest role pattern score (shift_pattern / broadcast_pattern) of any head, with and without the
+   identity task, and any head that is not labelled "neither";
+2. the hand-set ground-truth models: the smallest role pattern score and causal effect of a true
+   shift/broadcast head, the largest of every other head, and whether every label is right;
+3. the zoo models (default, mechanism): each head's label, pattern scores and effects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n", type=int, default=256, help="rows per labelling batch")
+    ap.add_argument("--skip-zoo", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from anchor_interp import ground_truth as gt
+    from anchor_interp.heads import label_heads
+    from anchor_interp.models import make_model
+    from anchor_interp.tasks import make_task
+
+    task = make_task("identity")
+    print("## 1. random initialisation (max role pattern score over heads and seeds; non-neither heads)")
+    for preset in ("small", "mechanism"):
+        for gamma in (None, 0.5):
+            worst, wrong = 0.0, []
+            for seed in args.seeds:
+                model = make_model(preset, task, seed=seed, init_gamma=gamma)
+                batch = task.sample(args.n, split="test", seed=seed)
+                for mode, recs in (("task", label_heads(model, batch, task, seed=seed)),
+                                   ("no-task", label_heads(model, batch.tokens, seed=seed))):
+                    for r in recs:
+                        worst = max(worst, r.scores["shift_pattern"], r.scores["broadcast_pattern"])
+                        if r.label != "neither":
+                            wrong.append(f"seed{seed}/{mode}/{r.name}={r.label}")
+            print(f"{preset:10s} init_gamma={gamma!s:5s} max_role_pattern={worst:.3f} not_neither={wrong or 'none'}")
+
+    print("\n## 2. hand-set ground truth")
+    cases = [("head zoo (causal, no task)", gt.make_head_zoo_model(), gt.expected_labels(), None)]
+    bidir = (gt.GroundTruthHead("prev", "shift", -1), gt.GroundTruthHead("next", "shift", 1),
+             gt.GroundTruthHead("next2", "shift", 2), gt.GroundTruthHead("broadcast", "broadcast"),
+             gt.GroundTruthHead("sink", "sink"), gt.GroundTruthHead("decoy", "decoy", 1))
+    cases.append(("head zoo (bidirectional, no task)", gt.make_head_zoo_model(bidir, attention_dir="bidirectional"),
+                  gt.expected_labels(bidir), None))
+    cases.append(("identity circuit (task)", gt.make_identity_circuit_model(task), list(gt.CIRCUIT_EXPECTED), task))
+    for name, model, expected, t in cases:
+        for seed in args.seeds:
+            data = t.sample(args.n, split="test", seed=seed) if t is not None else gt.sample_tokens(args.n, seed=seed)
+            recs = label_heads(model, data, t, seed=seed)
+            ok = [(r.label, r.offset, r.kind) for r in recs] == list(expected)
+            true = [r for r, e in zip(recs, expected, strict=True) if e[0] != "neither"]
+            other = [r for r, e in zip(recs, expected, strict=True) if e[0] == "neither"]
+
+            def role(r):
+                return max(r.scores["shift_pattern"], r.scores["broadcast_pattern"])
+
+            print(f"{name:34s} seed={seed} all_right={ok} "
+                  f"true: min_pattern={min(role(r) for r in true):.3f} min_effect={min(r.causal_effect for r in true):.3f} | "
+                  f"others: max_pattern={max(role(r) for r in other):.3f} "
+                  f"max_effect={max(r.causal_effect for r in other):.3f} (inert max_effect="
+                  f"{max([r.causal_effect for r in other if r.kind == 'inert'], default=float('nan')):.3f})")
+
+    if not args.skip_zoo:
+        from anchor_interp import zoo
+        from anchor_interp.ablation import circuit_check
+        from anchor_interp.heads import analyse_heads
+
+        print("\n## 3. zoo models")
+        for name in ("default", "mechanism"):
+            model, t = zoo.load(name)
+            for seed in args.seeds:
+                batch = t.sample(512, split="test", seed=seed)
+                a = analyse_heads(model, batch, t, seed=seed)
+                print(f"{name} seed={seed} baseline={ {k: round(v, 3) for k, v in a.baseline.items()} }")
+                for r in a.records:
+                    s = r.scores
+                    print(f"  {r.name} {r.label:9s} offset={r.offset!s:4s} kind={r.kind!s:7s} group={r.group!s:18s} "
+                          f"shift={s['shift']:.2f} task_shift={s['task_shift']:.2f} bc={s['broadcast']:.2f} "
+                          f"task_bc={s['task_broadcast']:.2f} self={s['self']:.2f} sink={s['sink']:.2f} "
+                          f"anchor_move={s['patch_anchor_move']:.2f} key_swap={s['patch_key_swap']:.2f} "
+                          f"last_share={s.get('key_swap_last_share', float('nan')):.2f} "
+                          f"abl_drop={s['ablation_accuracy_drop']:.2f} conf={r.confidence:.2f}")
+                for g in a.groups:
+                    print(f"  group {g.name}: {g.heads} joint={g.joint_effect:.3f} singles="
+                          f"{ {k: round(v, 3) for k, v in g.individual_effects.items()} } needed_together={g.needed_together}")
+                labelled = [(r.layer, r.head) for r in a.records if r.label != "neither"]
+                ref = t.sample(512, split="train", seed=seed + 1).tokens
+                c = circuit_check(model, batch.tokens, batch.targets, labelled, reference=ref)
+                print(f"  circuit_check: acc={c.base_accuracy:.3f} without_labelled={c.accuracy_without_circuit:.3f} "
+                      f"without_rest={c.accuracy_without_rest:.3f} kept={c.kept_fraction:.3f} passes={c.passes}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
