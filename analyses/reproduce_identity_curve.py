@@ -45,6 +45,7 @@ def parse_args(argv=None):
     ap.add_argument("--recipe", default="fast", choices=("fast", "paper"))
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes N")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1) per N")
+    ap.add_argument("--init-gamma", type=float, help="init std = d_in ** -gamma (anchor_interp.models.make_model)")
     ap.add_argument("--epochs", type=int, help="shorter schedule: the recipe squeezed into this many epochs")
     ap.add_argument("--eval-every", type=int, default=0, help="held-out evaluation interval (0: ~10 per run)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
@@ -66,8 +67,12 @@ def squeezed_recipe(name: str, epochs: int | None, overrides: dict):
         f = epochs / base.epochs
         over.setdefault("epochs", epochs)
         over.setdefault("warmup_epochs", base.warmup_epochs * f)
-        over.setdefault("cosine_epochs", base.cosine_epochs * f)
-    return get_recipe(base, **over)
+        if base.cosine_epochs is not None:
+            over.setdefault("cosine_epochs", base.cosine_epochs * f)
+    recipe = get_recipe(base, **over)
+    if recipe.cosine_epochs is None:  # write the schedule out in full (same lr at every step)
+        recipe = recipe.replace(cosine_epochs=max(recipe.epochs - recipe.warmup_epochs, 1))
+    return recipe
 
 
 def _value(text):
@@ -171,13 +176,14 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
     settings = {"command": "python analyses/reproduce_identity_curve.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
                 "preset": args.preset, "task": task.to_dict(), "recipe": {k: v for k, v in recipe.to_dict().items() if k != "n_train"},
-                "seeds": seeds, "sizes": sorted(args.sizes), "device": str(device), "torch_threads": args.threads}
+                "init_gamma": args.init_gamma, "seeds": seeds, "sizes": sorted(args.sizes), "device": str(device), "torch_threads": args.threads}
     runs_path = out / f"identity_curve_{tag}_runs.csv"
     meta_path = out / f"identity_curve_{tag}.json"
     runs = []
     if runs_path.exists() and meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in ("preset", "task", "recipe")} == {k: settings[k] for k in ("preset", "task", "recipe")}:
+        same = ("preset", "task", "recipe", "init_gamma")
+        if {k: old.get(k) for k in same} == {k: settings[k] for k in same}:
             runs = read_runs(runs_path)
     done = {(int(r["n_train"]), int(r["seed"])) for r in runs}
     settings["n_params"] = count_parameters(make_model(args.preset, task, seed=0))
@@ -186,7 +192,7 @@ def main(argv=None) -> int:
         todo = [s for s in seeds if (n, s) not in done]
         if not todo:
             continue
-        models = [make_model(args.preset, task, seed=s, device=device) for s in todo]
+        models = [make_model(args.preset, task, seed=s, init_gamma=args.init_gamma, device=device) for s in todo]
         t0 = time.perf_counter()
         results = train_many(models, task, recipe.replace(n_train=n), seeds=todo, device=device,
                              progress=not args.no_progress, preset=args.preset)
@@ -205,8 +211,9 @@ def main(argv=None) -> int:
     runs = [r for r in runs if int(r["n_train"]) in set(args.sizes) and int(r["seed"]) in set(seeds)]
     summary = summarise(runs)
     write_csv(out / f"identity_curve_{tag}.csv", summary, tuple(summary[0]))
-    title = (f"identity learning: preset {args.preset} ({settings['n_params']:,} params), recipe {recipe.name}, "
-             f"{recipe.epochs} epochs, {len(seeds)} seeds")
+    gamma = "" if args.init_gamma is None else f", init gamma {args.init_gamma}"
+    title = (f"identity learning: preset {args.preset} ({settings['n_params']:,} params{gamma}),\n"
+             f"recipe {recipe.name} (lr {recipe.lr:g}, batch {recipe.batch_size}), {recipe.epochs} epochs, {len(seeds)} seeds")
     plot(summary, runs, out / f"identity_curve_{tag}.png", title)
     print(f"wrote {runs_path}, {out / f'identity_curve_{tag}.csv'}, {out / f'identity_curve_{tag}.png'}")
     return 0

@@ -81,11 +81,11 @@ def main(argv=None) -> int:
                          ("early_stop_acc", args.early_stop)):
         if value is not None:
             overrides[field] = value
-    if args.epochs is not None and "cosine_epochs" not in overrides:
-        base = get_recipe(args.recipe)  # keep the schedule's shape: the cosine ends with the run
-        overrides["cosine_epochs"] = max(args.epochs - base.warmup_epochs, 1) if args.recipe == "fast" else base.cosine_epochs * args.epochs / base.epochs
-        if args.recipe == "paper":
-            overrides.setdefault("warmup_epochs", base.warmup_epochs * args.epochs / base.epochs)
+    if args.epochs is not None and args.recipe == "paper":
+        # a shorter paper schedule keeps its shape: warm-up and cosine scaled by epochs / 4000
+        base = get_recipe(args.recipe)
+        overrides.setdefault("warmup_epochs", base.warmup_epochs * args.epochs / base.epochs)
+        overrides.setdefault("cosine_epochs", base.cosine_epochs * args.epochs / base.epochs)
     try:
         recipe = get_recipe(args.recipe, **overrides)
         task = make_task(args.task, **args.task_param)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from anchor_interp.patching import (
     DEFAULT_MAX_BATCH,
-    Inputs,
     MetricFn,
     PatchResult,
     _inputs,
@@ -30,11 +30,14 @@ from anchor_interp.patching import (
     patch_head_out,
 )
 
+if TYPE_CHECKING:
+    from anchor_interp.tasks import Batch
+
 
 def _attribution(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None,
     hook_names: list[str],
     counterfactual: str | None,
@@ -99,8 +102,8 @@ def _finish(values: Tensor, axes, hooks, m: _Metric, clean_value, corrupt_value,
 
 def attribution_patch_heads(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     by_pos: bool = False,
@@ -126,8 +129,8 @@ def attribution_patch_heads(
 
 def attribution_patch_resid_pre(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     normalise: bool = True,
@@ -175,8 +178,8 @@ class AttributionCheck:
 
 def compare_attribution(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     top_k: int | None = None,

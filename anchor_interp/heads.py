@@ -28,8 +28,9 @@ The rule (docs/concepts.md gives the reasons and the measurements behind each th
    ``Thresholds.group_effect`` while no member alone does; only then are inert members relabelled with
    the role (with a note) -- otherwise the group is the confirmed heads alone.
 5. **Confidence** in [0, 1]: for a label, ``sqrt(min(1, pattern / 0.5) * min(1, effect / 0.5))`` (a
-   pattern score or effect of 0.5 counts as full evidence); for ``inert``, ``min(1, pattern / 0.5) *
-   (1 - effect / Thresholds.effect)``; for the other kinds, ``0.5 * kind_score + 0.5 * (1 -
+   pattern score or effect of 0.5 counts as full evidence; group-relabelled members use the group's
+   joint effect, times 0.8); for ``inert``, ``min(1, pattern / 0.5) * (1 - effect / confirming
+   threshold)``; for the other kinds, ``0.5 * kind_score + 0.5 * (1 -
    max_role_pattern / Thresholds.pattern)`` (clipped).
 
 Raises ValueError for bad inputs (messages name the parameter), for a task batch whose counterfactual
@@ -370,7 +371,12 @@ def analyse_heads(
                          for head in range(cfg.n_heads)} for role, v in effects.items()}
     groups = _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, effects_lh, acc_drop,
                           thresholds, method, seed, group_metric, baseline)
+    drop_key = "ablation_accuracy_drop" if batch is not None else "ablation_kl_share"
     for rec in records:
+        if rec.label != "neither" and rec.group is None and rec.scores[drop_key] < (
+                thresholds.effect if batch is not None else thresholds.kl_share):
+            rec.notes.append(f"mean-ablating this head alone changes {drop_key.removeprefix('ablation_')} by only "
+                             f"{rec.scores[drop_key]:.0%}: other heads can do without it")
         rec.notes = global_notes + rec.notes
     return HeadAnalysis(records, groups, thresholds, baseline)
 
@@ -427,6 +433,7 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
                  seed, metric, baseline):
     cfg = model.cfg
     contributes = (th.effect if batch is not None else th.kl_share) / 4
+    redundant_below = th.effect if batch is not None else th.kl_share
     by_name = {(r.layer, r.head): r for r in records}
     groups: list[HeadGroup] = []
 
@@ -450,6 +457,13 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
         singles = {head_name(*h): float(single_effect[h]) for h in members}
         needed = effect >= th.group_effect and max(singles.values()) < th.group_effect
         if weak and not needed:
+            for h in weak:
+                by_name[h].notes.append(
+                    f"its layer-mates {', '.join(head_name(*c) for c in confirmed)} are labelled {role}; this "
+                    f"head alone is below the threshold and the group does not need it"
+                    if confirmed else f"with the other {role}-like heads of layer {h[0]} it still changes little "
+                    f"(joint {metric} {effect:.0%})"
+                )
             members, weak = confirmed, []
             if len(members) < 2:
                 return
@@ -468,6 +482,11 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
                 rec.causal_effect = float(effects[role][h])
                 rec.confidence = _clip01(0.8 * math.sqrt(
                     min(1.0, role_pattern[h][role] / FULL_EVIDENCE) * min(1.0, effect / FULL_EVIDENCE)))
+            if effect < redundant_below:
+                rec.notes.append(
+                    f"redundant: mean-ablating all of group {name} ({names}) changes {metric} by only {effect:.0%}; "
+                    "other heads carry the operation without them"
+                )
             if needed:
                 rec.notes.append(
                     f"carries {role} together with the other heads of group {name} ({names}): mean-ablating "

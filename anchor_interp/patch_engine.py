@@ -136,9 +136,10 @@ _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (s
 
 def engine_for(model) -> Engine:
     """An :class:`Engine` for ``model`` whose weight layout is reused while no parameter has changed
-    (a new tensor, or an in-place update, which bumps the tensor's version counter)."""
+    (a new tensor or storage -- ``model.to(...)`` -- or an in-place update, which bumps the tensor's
+    version counter)."""
     check_model(model)
-    stamp = tuple((id(p), p._version) for p in model.parameters())
+    stamp = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in model.parameters())
     cached = _WEIGHTS.get(model)
     if cached is None or cached[0] != stamp:
         cached = (stamp, _layer_weights(model))

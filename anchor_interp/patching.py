@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_interp.patch_engine import Rows, changed_rows, check_model, engine_for
+
+if TYPE_CHECKING:
+    from anchor_interp.tasks import Batch
 
 METRICS = ("logit_diff", "accuracy", "kl")
 QKV = ("q", "k", "v")
@@ -478,13 +481,10 @@ def _one_position_rows(diff_vp: Tensor, rows_vp: Tensor, positions: Tensor, s: i
 # public sweeps
 
 
-Inputs = Any  # a Batch (anchor_interp.tasks) or Int[Tensor, "batch seq"]
-
-
 def patch_resid_pre(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     normalise: bool = True,
@@ -554,8 +554,8 @@ def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hoo
 
 def patch_head_out(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     by_pos: bool = False,
@@ -578,8 +578,8 @@ def patch_head_out(
 
 def patch_head_pattern(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     metric: str | MetricFn | None = None,
     *,
     by_pos: bool = False,
@@ -638,8 +638,8 @@ def _check_receivers(model, receivers: Receivers) -> dict[int, list[tuple[int, s
 
 def path_patch(
     model,
-    clean: Inputs,
-    corrupt: Inputs,
+    clean: Batch | Int[Tensor, "batch seq"],
+    corrupt: Batch | Int[Tensor, "batch seq"],
     receivers: Receivers = "logits",
     metric: str | MetricFn | None = None,
     *,

@@ -36,7 +36,7 @@ class Recipe:
 
     Learning rate: linear warm-up from ``lr_start`` to ``lr`` over ``warmup_epochs``, then a cosine
     from ``lr`` toward ``lr_end`` with period ``cosine_epochs`` (lr_end reached after cosine_epochs
-    more epochs). ``schedule_per``: "epoch" (lr changes once per epoch, as in the authors' code) or
+    more epochs; None = the cosine ends with the run). ``schedule_per``: "epoch" (lr changes once per epoch, as in the authors' code) or
     "step" (fractional epochs). ``data``: "fixed" (one training set of n_train sequences, reshuffled
     every epoch: what "training-set size" means in the paper) or "fresh" (new sequences every step).
     """
@@ -48,7 +48,7 @@ class Recipe:
     lr_start: float
     lr_end: float
     warmup_epochs: float
-    cosine_epochs: float
+    cosine_epochs: float | None  # None: the cosine ends with the run (epochs - warmup_epochs)
     schedule_per: str = "step"
     weight_decay: float = 0.01
     grad_clip: float | None = 1.0
@@ -73,8 +73,10 @@ class Recipe:
         for f in ("lr", "lr_start", "lr_end"):
             if not (math.isfinite(getattr(self, f)) and getattr(self, f) >= 0):
                 bad(f, "use a finite number >= 0")
-        if self.warmup_epochs < 0 or self.cosine_epochs <= 0:
-            bad("warmup_epochs" if self.warmup_epochs < 0 else "cosine_epochs", "use warmup >= 0, cosine > 0")
+        if self.warmup_epochs < 0:
+            bad("warmup_epochs", "use a number of epochs >= 0")
+        if self.cosine_epochs is not None and self.cosine_epochs <= 0:
+            bad("cosine_epochs", "use a number of epochs > 0, or None (the cosine ends with the run)")
         if self.schedule_per not in ("epoch", "step"):
             bad("schedule_per", "use 'epoch' or 'step'")
         if self.data not in ("fixed", "fresh"):
@@ -106,15 +108,16 @@ class Recipe:
         t = math.floor(epoch) if self.schedule_per == "epoch" else epoch
         if t < self.warmup_epochs:
             return self.lr_start + (self.lr - self.lr_start) * t / self.warmup_epochs
-        phase = math.pi * (t - self.warmup_epochs) / self.cosine_epochs
+        period = self.cosine_epochs if self.cosine_epochs is not None else max(self.epochs - self.warmup_epochs, 1)
+        phase = math.pi * (t - self.warmup_epochs) / period
         return self.lr_end + 0.5 * (self.lr - self.lr_end) * (1 + math.cos(min(phase, math.pi)))
 
 
 RECIPES: dict[str, Recipe] = {
-    # Ours: large lr with a short warm-up, cosine to 1/100 over the run, batch 100.
+    # Ours: large lr with a short warm-up, cosine to 1/100 ending with the run, batch 100.
     "fast": Recipe(
         name="fast", epochs=100, batch_size=100, lr=1e-3, lr_start=1e-4, lr_end=1e-5,
-        warmup_epochs=2, cosine_epochs=98, schedule_per="step",
+        warmup_epochs=2, cosine_epochs=None, schedule_per="step",
     ),
     # The authors' recipe (spec section 4): AdamW (weight decay 0.01), clip 1.0, warm-up 2e-5 -> 2e-4
     # over 400 epochs, cosine with period 4000 epochs toward 2e-5, stepped per epoch, batch 50,

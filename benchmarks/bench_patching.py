@@ -123,6 +123,51 @@ def time_sweep(sweep: str, model, clean, corrupt, reps: int, atol: float) -> dic
     }
 
 
+def memory_child(impl: str, sweep: str, batch: int, which: str, corrupt_kind: str, seed: int) -> None:
+    """Run one sweep once in this (fresh) process; print the rise of the peak resident set (MiB): the
+    kernel's high-water mark is reset just before the sweep (Linux ``/proc/self/clear_refs``), so
+    start-up (imports, model loading) does not hide it."""
+    import torch
+
+    def status(field: str) -> float:  # MiB
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+
+    torch.set_num_threads(1)
+    model, task, _ = load_model(which, seed)
+    clean, corrupt = make_inputs(model, task, batch, seed, corrupt_kind)
+    import transformer_lens.patching as tlp
+
+    from anchor_interp import patching
+
+    def metric(logits):
+        return patching.logit_diff(logits[:, -1], clean.targets, corrupt.targets)
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    before = status("VmRSS")
+    if impl == "ours" and sweep == "head_out_by_pos":
+        patching.patch_head_out(model, clean, corrupt, "logit_diff", by_pos=True, normalise=False)
+    elif impl == "ours":
+        patching.patch_resid_pre(model, clean, corrupt, "logit_diff", normalise=False)
+    else:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean.tokens)
+            fn = tlp.get_act_patch_attn_head_out_by_pos if sweep == "head_out_by_pos" else tlp.get_act_patch_resid_pre
+            fn(model, corrupt.tokens, cache, metric)
+    print(json.dumps({"peak_rise_mib": status("VmHWM") - before}))
+
+
+def peak_memory(impl: str, sweep: str, batch: int, args) -> float:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--_memory-child", impl, sweep, str(batch), "--model", args.model,
+           "--corrupt", args.corrupt, "--seed", str(args.seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["peak_rise_mib"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["default", "random"], default="default")
@@ -134,8 +179,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory", action="store_true",
+                   help="also measure each sweep's peak memory (rise of the peak RSS, in a fresh process; Linux)")
     p.add_argument("--json", help="write the results here (temp file + rename)")
+    p.add_argument("--_memory-child", nargs=3, metavar=("IMPL", "SWEEP", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args._memory_child:
+        impl, sweep, batch = args._memory_child
+        memory_child(impl, sweep, int(batch), args.model, args.corrupt, args.seed)
+        return 0
     if args.reps < 1 or any(b < 1 for b in args.batch):
         p.error("--reps and --batch must be >= 1")
 
@@ -152,12 +204,17 @@ def main(argv=None) -> int:
         for batch in args.batch:
             clean, corrupt = make_inputs(model, task, batch, args.seed, args.corrupt)
             r = time_sweep(sweep, model, clean, corrupt, args.reps, args.atol)
+            if args.memory:
+                r["ours_peak_rise_mib"] = peak_memory("ours", sweep, batch, args)
+                r["tl_peak_rise_mib"] = peak_memory("tl", sweep, batch, args)
             rows.append(r)
             print(
                 f"{sweep:16} {batch:5d} {r['patched_sites']:5d} {1e3 * r['ours_median_s']:9.2f} "
                 f"{1e3 * r['tl_median_s']:9.2f} {r['speedup']:7.1f}x {r['cpu_speedup']:15.1f}x "
                 f"{r['max_abs_diff']:10.2e}"
                 + ("" if r["equal"] else "  NOT EQUAL")
+                + (f"  peak RSS rise: ours {r['ours_peak_rise_mib']:.1f} MiB, TL {r['tl_peak_rise_mib']:.1f} MiB"
+                   if args.memory else "")
             )
     out = {
         "benchmark": "patching",

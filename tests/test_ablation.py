@@ -1,4 +1,5 @@
 """Zero / mean / resample ablation and circuit checks (anchor_interp.ablation)."""
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_heads are redefined as test arguments)
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """label_heads / analyse_heads (anchor_interp.heads): ground truth, random models, the zoo models."""
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_heads are redefined as test arguments)
 
 from __future__ import annotations
 
@@ -68,8 +69,7 @@ def test_random_models_are_all_neither(identity_task, preset, seed):
     assert any("barely separates" in n for n in with_task[0].notes)
 
 
-def test_default_model_shift_group_and_broadcast(default_analysis, default_model):
-    model, _ = default_analysis, default_model[0]
+def test_default_model_shift_group_and_broadcast(default_analysis):
     by = {r.name: r for r in default_analysis.records}
     assert all(by[f"L1H{h}"].label == "broadcast" for h in range(4))
     shifts = [r for r in default_analysis.records if r.label == "shift"]
@@ -137,7 +137,7 @@ def test_hand_set_identity_circuit_with_the_task(identity_task):
     from anchor_interp.ablation import circuit_check
 
     model = gt.make_identity_circuit_model(identity_task)
-    batch = identity_task.sample(256, split="test", seed=404)
+    batch = identity_task.sample(128, split="test", seed=404)
     analysis = analyse_heads(model, batch, identity_task, seed=404)
     assert analysis.baseline["accuracy"] == 1.0
     assert tuple(_triples(analysis.records)) == gt.CIRCUIT_EXPECTED

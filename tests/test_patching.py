@@ -159,6 +159,9 @@ def test_weights_changed_in_place_are_seen(patch_models):
     after = P.patch_head_out(model, clean, corrupt, normalise=False).values
     ref = tl_reference("get_act_patch_attn_head_out_all_pos", model, clean, corrupt)
     assert not torch.allclose(before, after) and torch.allclose(after, ref, atol=TOL, rtol=0)
+    model.float()  # new storage and dtype: the cached weight layout must not be reused
+    ours32 = P.patch_head_out(model, clean, corrupt, normalise=False).values
+    assert ours32.dtype == torch.float32 and torch.allclose(ours32.double(), ref, atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ path patching
@@ -431,3 +434,29 @@ def test_attribution_misses_a_saturated_head_and_is_flagged():
     assert abs(float(check.attribution.values[0, 0])) < 1e-6  # no gradient through the saturated softmax
     assert check.attribution.values[1, 0] == pytest.approx(1.0, abs=1e-6)  # linear path: exact
     assert [(d["name"], d["reason"]) for d in check.disagreements] == [("L0H0", "missed")]
+
+
+@pytest.mark.parametrize("kind", ["key_swap", "anchor_move", "anchor_remove"])
+def test_parity_on_the_trained_default_model(default_model, kind):
+    # float32, real task counterfactuals: every shortcut of the engine (unchanged rows, rows that become
+    # the clean run, one-position updates, last-row-only final block) meets real data
+    model, task = default_model
+    clean = task.sample(16, split="test", seed=3)
+    corrupt = task.counterfactual(clean, kind, seed=4)
+    if kind == "anchor_remove":
+        with torch.no_grad():
+            clean_lp = model(clean.tokens)[:, -1].log_softmax(-1)
+        ref_metric = lambda logits: P.kl_from_clean(logits[:, -1], clean_lp)  # noqa: E731
+    else:
+        ref_metric = tl_metric(clean, corrupt)
+    import transformer_lens.patching as tlp
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean.tokens)
+        ref_pos = tlp.get_act_patch_attn_head_out_by_pos(model, corrupt.tokens, cache, ref_metric).permute(0, 2, 1)
+        ref_resid = tlp.get_act_patch_resid_pre(model, corrupt.tokens, cache, ref_metric)
+    ours_pos = P.patch_head_out(model, clean, corrupt, by_pos=True, normalise=False)
+    ours_resid = P.patch_resid_pre(model, clean, corrupt, normalise=False)
+    assert ours_pos.metric == ("kl" if kind == "anchor_remove" else "logit_diff")
+    assert torch.allclose(ours_pos.values, ref_pos, atol=2e-5, rtol=0)
+    assert torch.allclose(ours_resid.values, ref_resid, atol=2e-5, rtol=0)

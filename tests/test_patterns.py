@@ -1,4 +1,5 @@
 """Attention-pattern scores (anchor_interp.patterns): units, hand-set heads, task rows, bad input."""
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_heads are redefined as test arguments)
 
 from __future__ import annotations
 

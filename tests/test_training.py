@@ -327,3 +327,11 @@ def test_reproduce_identity_curve_toy(tmp_path):
     mtime = (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns
     assert mod.main(argv) == 0
     assert (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns == mtime
+
+
+def test_fast_recipe_cosine_follows_epochs():
+    rec = get_recipe("fast", epochs=20)
+    assert rec.lr_at(0) == pytest.approx(1e-4) and rec.lr_at(2) == pytest.approx(1e-3)
+    assert rec.lr_at(11) == pytest.approx((1e-3 + 1e-5) / 2)  # half-way through the cosine
+    assert rec.lr_at(20) == pytest.approx(1e-5)
+    assert rec.lr_at(2.5) < rec.lr_at(2.25)  # stepped per step, not per epoch

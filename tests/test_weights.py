@@ -1,4 +1,5 @@
 """Weight evidence (anchor_interp.weights): OV copying, QK positional preference, direct logit attribution."""
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_heads are redefined as test arguments)
 
 from __future__ import annotations
 
