@@ -59,6 +59,7 @@ from torch import Tensor
 
 __all__ = [
     "CIRCUIT_EXPECTED",
+    "CIRCUIT_SPLIT_EXPECTED",
     "DEFAULT_HEADS",
     "GroundTruthHead",
     "MARKERS",
@@ -229,11 +230,18 @@ CIRCUIT_EXPECTED: tuple[tuple[str, int | None, str | None], ...] = (
     ("neither", None, "uniform"),
     ("neither", None, "sink"),
 )
+CIRCUIT_SPLIT_EXPECTED = CIRCUIT_EXPECTED[:4] + (("broadcast", None, None),) + CIRCUIT_EXPECTED[5:]
 
 
-def make_identity_circuit_model(task, *, attn_gain: float = 12.0, logit_gain: float = 10.0, device: str = "cpu"):
+def make_identity_circuit_model(
+    task, *, split_broadcast: bool = False, attn_gain: float = 12.0, logit_gain: float = 10.0, device: str = "cpu"
+):
     """A hand-set 2-layer x 3-head causal model that solves ``task`` (anchor at p, key at p + 1, target =
     key) with a previous-token shift head and a broadcast head; see the module docstring for every head.
+
+    ``split_broadcast``: L1H1 becomes a second copy of the broadcast head and each copy writes half the
+    logit gain: the broadcast is spread over two heads, either of which alone still gets the answer
+    right (expected labels: :data:`CIRCUIT_SPLIT_EXPECTED`; they form the group ``broadcast_L1``).
 
     Raises ValueError if the task is not of that shape (a sample's key is not right after its anchor or
     its target is not the key).
@@ -279,13 +287,14 @@ def make_identity_circuit_model(task, *, attn_gain: float = 12.0, logit_gain: fl
         a0.W_V[2][tok, torch.arange(V)] = 1.0
         a0.W_O[2][torch.arange(V), sink_dim] = 1.0
         # broadcast: constant query, key = the flag; copies the token it reads
-        a1.W_Q[0][pos, 0] = gain
-        a1.W_K[0][flag, 0] = 1.0
-        a1.W_V[0][tok, torch.arange(V)] = 1.0
-        a1.W_O[0][torch.arange(V), copy] = 1.0
-        # uniform, copying with a small gain
-        a1.W_V[1][tok, torch.arange(V)] = 1.0
-        a1.W_O[1][torch.arange(V), sink_dim] = 1.0
+        for h in (0, 1) if split_broadcast else (0,):
+            a1.W_Q[h][pos, 0] = gain
+            a1.W_K[h][flag, 0] = 1.0
+            a1.W_V[h][tok, torch.arange(V)] = 1.0
+            a1.W_O[h][torch.arange(V), copy] = 0.5 if split_broadcast else 1.0
+        if not split_broadcast:  # uniform, writing to a direction nothing reads
+            a1.W_V[1][tok, torch.arange(V)] = 1.0
+            a1.W_O[1][torch.arange(V), sink_dim] = 1.0
         # sink without output
         a1.W_Q[2][pos, 0] = gain
         a1.W_K[2][pos[0], 0] = 1.0

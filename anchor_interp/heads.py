@@ -450,7 +450,7 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
         # inert candidates join only if they do something (a decoy with zero output does not)
         weak = [h for h in heads if by_name[h].label == "neither" and role_pattern[h][role] >= th.pattern
                 and float(effects[role][h]) >= contributes]
-        members = confirmed + weak
+        members = sorted(confirmed + weak)
         if len(members) < 2:
             return
         effect = joint(members)
@@ -484,7 +484,7 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
                     min(1.0, role_pattern[h][role] / FULL_EVIDENCE) * min(1.0, effect / FULL_EVIDENCE)))
             if effect < redundant_below:
                 rec.notes.append(
-                    f"redundant: mean-ablating all of group {name} ({names}) changes {metric} by only {effect:.0%}; "
+                    f"redundant: mean-ablating all of group {name} ({names}) together gives {metric} {effect:.0%}; "
                     "other heads carry the operation without them"
                 )
             if needed:

@@ -4,8 +4,9 @@ point, many patched runs stacked along the batch dimension.
 It recomputes what TransformerLens's blocks compute (pre-LN attention and MLP, standard positional
 embeddings) from the model's own weights and LayerNorm/MLP modules, so that a patched run can
 start at any layer, the final block can attend from the last query row only, and a patch at a single
-position can be propagated through the final block without recomputing the other positions. Only
-``check_model``-approved architectures are accepted; tests/test_patching.py checks every path
+position can be taken through the next attention block by recomputing one query row and one
+key/value column of the cached scores (:meth:`Engine.one_position_block`, :meth:`Engine.final_rows`).
+Only ``check_model``-approved architectures are accepted; tests/test_patching.py checks every path
 against ``model.run_with_cache`` and ``transformer_lens.patching`` in float64.
 """
 
@@ -438,7 +439,3 @@ class Engine:
         z = (pattern[..., None] * v).sum(-2)  # (N, H, dh); faster than N*H tiny matmuls
         resid = self.mlp(layer, (resid + self.out(layer, z))[:, None])  # (N, 1, d)
         return (readout or self.unembed)(resid)[:, 0]
-
-    def head_delta(self, layer: int, dz: Float[Tensor, "B T H dh"]) -> Float[Tensor, "H B T d_model"]:
-        """Each head's change of the residual stream, ``dz[:, :, h] @ W_O[h]``."""
-        return torch.einsum("bthe,hed->hbtd", dz, self.model.blocks[layer].attn.W_O)

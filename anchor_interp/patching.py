@@ -520,6 +520,20 @@ def patch_resid_pre(
     return sw.result(torch.stack(values), ("layer", "pos"), names, normalise)
 
 
+def _head_rows_delta(model, layer: int, dz: Tensor, heads: Tensor, b: Tensor, pos: Tensor | None) -> Tensor:
+    """Residual-stream change ``dz[b, pos, head] @ W_O[head]`` of each row (all positions if ``pos`` is
+    None): [N, d_model] or [N, T, d_model]. Computed per head for the selected rows only, so that no
+    [heads, batch, pos, d_model] tensor is ever built."""
+    W_O = model.blocks[layer].attn.W_O  # (H, dh, d)
+    shape = (len(b), model.cfg.d_model) if pos is not None else (len(b), dz.shape[1], model.cfg.d_model)
+    out = torch.empty(shape, dtype=dz.dtype, device=dz.device)
+    for h in heads.unique().tolist():
+        sel = (heads == h).nonzero()[:, 0]
+        x = dz[b[sel], pos[sel], h] if pos is not None else dz[b[sel], :, h]  # (n, dh) or (n, T, dh)
+        out[sel] = x @ W_O[h]
+    return out
+
+
 def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hook: str, normalise: bool):
     cfg = model.cfg
     n_layers, H, T = cfg.n_layers, cfg.n_heads, sw.T
@@ -527,24 +541,24 @@ def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hoo
     values = []
     for layer in range(n_layers):
         dz = dz_of_layer(layer)  # (B, T, H, dh)
-        dres = sw.engine.head_delta(layer, dz)  # (H, B, T, d)
         base = sw.corrupt[f"blocks.{layer}.hook_resid_pre"] + sw.corrupt[f"blocks.{layer}.hook_attn_out"]
         if not by_pos:
-            dz_h = dz.permute(2, 0, 1, 3)  # (H, B, T, dh)
+            dz_h = dz.permute(2, 0, 1, 3)  # (H, B, T, dh): variant = head
 
-            def make_rows(s, e, all_rows, dres=dres, base=base, dz_h=dz_h):
+            def make_rows(s, e, all_rows, layer=layer, dz=dz, dz_h=dz_h, base=base):
                 var, b = changed_rows(dz_h[s:e], s, all_rows)
-                return Rows(var, b, start=base[b] + dres[var, b])
+                return Rows(var, b, start=base[b] + _head_rows_delta(model, layer, dz, var, b, None))
 
             values.append(sw.run(layer, H, make_rows, after_attn=True, base=base))
             continue
         # variants (head, pos), head-major: variant i = head i // T at position i % T
         dz_hp = dz.permute(2, 1, 0, 3).reshape(H * T, sw.B, -1)  # (H*T, B, dh)
-        new_hp = (base[None] + dres).permute(0, 2, 1, 3).reshape(H * T, sw.B, -1)  # (H*T, B, d)
-        pos_hp = positions.repeat(H)
 
-        def make_rows(s, e, all_rows, dz_hp=dz_hp, new_hp=new_hp, pos_hp=pos_hp):
-            return _one_position_rows(dz_hp[s:e], new_hp[s:e], pos_hp[s:e], s, all_rows)
+        def make_rows(s, e, all_rows, layer=layer, dz=dz, dz_hp=dz_hp, base=base):
+            var, b = changed_rows(dz_hp[s:e], s, all_rows)
+            heads, pos = var // T, positions[var % T]
+            row = base[b, pos] + _head_rows_delta(model, layer, dz, heads, b, pos)
+            return Rows(var, b, pos=pos, row=row)
 
         values.append(sw.run(layer, H * T, make_rows, after_attn=True, base=base).reshape(H, T))
     names = [f"blocks.{layer}.attn.{hook}" for layer in range(n_layers)]
@@ -675,20 +689,21 @@ def path_patch(
     for src_layer in range(n_layers):
         if rec is not None and src_layer >= max(rec):
             continue  # no direct path from here to any receiver
-        dres = sw.engine.head_delta(src_layer, sw.clean[z[src_layer]] - sw.corrupt[z[src_layer]])  # (H, B, T, d)
+        dz = sw.clean[z[src_layer]] - sw.corrupt[z[src_layer]]  # (B, T, H, dh)
+        dz_h = dz.permute(2, 0, 1, 3)  # (H, B, T, dh): variant = sender head
         if rec is None:
 
-            def make_rows(s, e, all_rows, dres=dres):
-                var, b = changed_rows(dres[s:e], s, all_rows)
-                return Rows(var, b, start=base[b] + dres[var, b])
+            def make_rows(s, e, all_rows, src_layer=src_layer, dz=dz, dz_h=dz_h):
+                var, b = changed_rows(dz_h[s:e], s, all_rows)
+                return Rows(var, b, start=base[b] + _head_rows_delta(model, src_layer, dz, var, b, None))
 
             vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base)
         else:
             active = {layer: hs for layer, hs in rec.items() if layer > src_layer}
 
-            def make_rows(s, e, all_rows, dres=dres):
-                var, b = changed_rows(dres[s:e], s, all_rows)
-                return Rows(var, b, start=base[b], delta=dres[var, b])
+            def make_rows(s, e, all_rows, src_layer=src_layer, dz=dz, dz_h=dz_h):
+                var, b = changed_rows(dz_h[s:e], s, all_rows)
+                return Rows(var, b, start=base[b], delta=_head_rows_delta(model, src_layer, dz, var, b, None))
 
             vals = sw.run(start_layer, H, make_rows, after_attn=False, base=base, receivers=active)
         values[src_layer] = vals.cpu()

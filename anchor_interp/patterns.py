@@ -200,6 +200,8 @@ def pattern_scores(
         w = moved[..., rows]  # (B, L, H, R)
         offsets.append(k)
         by_offset.append((vals * w).sum(dim=(0, -1)) / w.sum(dim=(0, -1)).clamp_min(1e-12))  # (L, H)
+    if not offsets:  # too short for any row to choose between two other positions
+        offsets, by_offset = [-1], [torch.zeros(patterns.shape[1:3], device=patterns.device)]
     shift_by_offset = torch.stack(by_offset, dim=-1)  # (L, H, K)
     best = shift_by_offset.argmax(-1)
     shift = shift_by_offset.gather(-1, best[..., None])[..., 0].clamp(0.0, 1.0)

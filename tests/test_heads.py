@@ -155,3 +155,16 @@ def test_identity_circuit_rejects_other_tasks():
 
     with pytest.raises(ValueError, match="identity-type"):
         gt.make_identity_circuit_model(make_task("identity_key_before"))
+
+
+def test_broadcast_split_over_two_heads_is_named_as_a_group(identity_task):
+    # either broadcast copy alone keeps accuracy (ablation drop 0), together they carry it
+    model = gt.make_identity_circuit_model(identity_task, split_broadcast=True)
+    analysis = analyse_heads(model, identity_task.sample(128, split="test", seed=405), identity_task, seed=405)
+    assert tuple(_triples(analysis.records)) == gt.CIRCUIT_SPLIT_EXPECTED
+    (group,) = [g for g in analysis.groups if g.label == "broadcast"]
+    assert group.heads == ["L1H0", "L1H1"] and group.needed_together and group.joint_effect > 0.9
+    assert max(group.individual_effects.values()) < 0.05
+    for r in analysis.records[3:5]:
+        assert r.group == "broadcast_L1" and r.causal_effect == pytest.approx(0.5, abs=0.05)
+        assert any("together" in n for n in r.notes)

@@ -81,6 +81,38 @@ def test_parity_with_transformer_lens(patch_models, kind, one_token):
         assert ref.abs().max() > 0.1, "the reference should show real effects"
 
 
+@pytest.mark.parametrize(
+    "over",
+    [
+        dict(n_layers=1, n_heads=2, attn_only=False, d_mlp=16, attention_dir="causal", normalization_type="LNPre"),
+        dict(n_layers=4, n_heads=2, attn_only=True, attention_dir="bidirectional", normalization_type="RMSPre"),
+        dict(n_layers=3, n_heads=1, attn_only=False, d_mlp=16, attention_dir="causal", normalization_type=None),
+    ],
+    ids=["1L_mlp_causal_lnpre", "4L_attn_bidir_rmspre", "3L_1head_mlp_causal_nonorm"],
+)
+def test_parity_other_architectures(over):
+    from anchor_interp._tl import HookedTransformerConfig, build_model
+
+    cfg = HookedTransformerConfig(d_model=16, d_head=4, n_ctx=7, d_vocab=D_VOCAB, act_fn="gelu", seed=5,
+                                  dtype=torch.float64, init_weights=True, **over)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    for one_token in (False, True):
+        clean, corrupt = make_pair(batch=4, seed=17, n_ctx=7, one_token=one_token)
+        for ours, fn_name, perm in [
+            (P.patch_resid_pre(model, clean, corrupt, normalise=False), "get_act_patch_resid_pre", None),
+            (P.patch_head_out(model, clean, corrupt, normalise=False, by_pos=True),
+             "get_act_patch_attn_head_out_by_pos", (0, 2, 1)),
+            (P.patch_head_pattern(model, clean, corrupt, normalise=False, by_pos=True),
+             "get_act_patch_attn_head_pattern_by_pos", None),
+        ]:
+            ref = tl_reference(fn_name, model, clean, corrupt)
+            ref = ref if perm is None else ref.permute(*perm)
+            assert torch.allclose(ours.values, ref, atol=TOL, rtol=0), (fn_name, one_token)
+
+
 @pytest.mark.parametrize("metric", ["kl", "accuracy", "custom"])
 def test_parity_other_metrics(patch_models, metric):
     model = patch_models["mlp_causal_rms"]
@@ -159,7 +191,7 @@ def test_weights_changed_in_place_are_seen(patch_models):
     after = P.patch_head_out(model, clean, corrupt, normalise=False).values
     ref = tl_reference("get_act_patch_attn_head_out_all_pos", model, clean, corrupt)
     assert not torch.allclose(before, after) and torch.allclose(after, ref, atol=TOL, rtol=0)
-    model.float()  # new storage and dtype: the cached weight layout must not be reused
+    model.to(torch.float32)  # new storage and dtype: the cached weight layout must not be reused
     ours32 = P.patch_head_out(model, clean, corrupt, normalise=False).values
     assert ours32.dtype == torch.float32 and torch.allclose(ours32.double(), ref, atol=1e-4, rtol=0)
 
