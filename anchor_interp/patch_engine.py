@@ -177,6 +177,25 @@ class Engine:
 
     # -------------------------------------------------------------------------------- pieces
 
+    def norm(self, module, x: Tensor) -> Tensor:
+        """A TransformerLens LayerNorm/LayerNormPre/RMSNorm/RMSNormPre (or Identity) applied to ``x``
+        [..., d_model], with its maths written out (the same operations in the same order) to skip
+        the module's hook-point calls; any other module is called as it is."""
+        kind = type(module).__name__
+        if kind == "Identity":
+            return x
+        ours = type(module).__module__.startswith("transformer_lens.") and x.dtype in (torch.float32, torch.float64)
+        if not ours or kind not in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre"):
+            return module(x)
+        if kind.startswith("LayerNorm"):
+            x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + module.eps).sqrt()
+        if kind == "LayerNorm":
+            return x * module.w + module.b
+        if kind == "RMSNorm":
+            return x * module.w
+        return x
+
     def _future(self, T: int, device) -> Tensor:
         """[T, T] bool, True above the diagonal (the positions a causal query row may not see)."""
         key = (T, str(device))
@@ -230,7 +249,7 @@ class Engine:
         """
         block = self.model.blocks[layer]
         N, T, _ = resid.shape
-        x = block.ln1(resid)  # (N, T, d)
+        x = self.norm(block.ln1, resid)  # (N, T, d)
         # projections laid out (N, H, pos, dh), contiguous: the attention matmuls are faster that way
         if last_row_only:
             k, v = self._heads_first(self.qkv_flat(layer, x, "kv"), 2)  # (N, H, T, dh) each
@@ -238,7 +257,7 @@ class Engine:
         else:
             q, k, v = self._heads_first(self.qkv_flat(layer, x, "qkv"), 3)
         if receivers:
-            x_rec = block.ln1(resid + receiver_delta)
+            x_rec = self.norm(block.ln1, resid + receiver_delta)
             q, k, v = q.clone(), k.clone(), v.clone()
             for head, comp in receivers:
                 if comp == "q":
@@ -266,12 +285,12 @@ class Engine:
         if self.cfg.attn_only:
             return resid
         block = self.model.blocks[layer]
-        return resid + block.mlp(block.ln2(resid))
+        return resid + block.mlp(self.norm(block.ln2, resid))
 
     def unembed(self, resid: Float[Tensor, "N Tq d_model"]) -> Float[Tensor, "N Tq d_vocab"]:
         """Final residual stream -> logits: ln_final, unembed, soft cap."""
         if self.cfg.normalization_type is not None:
-            resid = self.model.ln_final(resid)
+            resid = self.norm(self.model.ln_final, resid)
         logits = self.model.unembed(resid)
         cap = getattr(self.cfg, "output_logits_soft_cap", -1.0)
         if cap is not None and cap > 0:
@@ -387,7 +406,7 @@ class Engine:
         scale = self.attn_scale(layer)
         resid = ctx["resid_pre"].index_select(0, b)  # (N, T, d)
         resid.scatter_(1, pos.view(N, 1, 1).expand(N, 1, d), row[:, None])
-        x = self.model.blocks[layer].ln1(row[:, None])[:, 0]  # (N, d)
+        x = self.norm(self.model.blocks[layer].ln1, row)  # (N, d)
         q_p, k_p, v_p = self.qkv(layer, x, "qkv")  # (N, H, dh) each
         at = pos.view(N, 1, 1, 1)
         q = ctx["q"].index_select(0, b).scatter_(2, at.expand(N, H, 1, dh), q_p[:, :, None])  # (N, H, T, dh)
@@ -416,7 +435,7 @@ class Engine:
         row = rows.row[:, None]  # (N, 1, d)
         if mlp_layer is not None:
             row = self.mlp(mlp_layer, row)
-        x = self.model.blocks[layer].ln1(row)  # (N, 1, d)
+        x = self.norm(self.model.blocks[layer].ln1, row)  # (N, 1, d)
         N, T = row.shape[0], ctx["k"].shape[2]
         k_new, v_new = self.qkv(layer, x[:, 0], "kv")  # (N, H, dh)
         scale = self.attn_scale(layer)

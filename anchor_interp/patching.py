@@ -418,7 +418,7 @@ class _Sweep:
         cap = getattr(cfg, "output_logits_soft_cap", -1.0)
         if self.metric_name == "logit_diff" and not (cap is not None and cap > 0):
             if cfg.normalization_type is not None:
-                resid = self.model.ln_final(resid)
+                resid = self.engine.norm(self.model.ln_final, resid)
             if self._answer_dirs is None:  # per batch row: W_U[:, clean] - W_U[:, corrupt], and the bias
                 W_U, b_U = self.model.unembed.W_U, self.model.unembed.b_U  # (d, V), (V,)
                 ct, xt = self.inp.clean_targets, self.inp.corrupt_targets
