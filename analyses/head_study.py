@@ -182,8 +182,9 @@ def _mean_at(table, recs):
 
 
 def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: int | None, n_samples: int,
-             progress: bool) -> list[dict]:
-    """Train ``spec_name`` (a zoo spec) on every seed at once and study each; one dict per seed."""
+             progress: bool, model_overrides: dict | None = None, recipe_overrides: dict | None = None) -> list[dict]:
+    """Train ``spec_name`` (a zoo spec, with optional extra model/recipe overrides) on every seed at once
+    and study each; one dict per seed."""
     from anchor_interp.models import count_parameters, make_model, model_config
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train_many
@@ -192,6 +193,9 @@ def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: i
     spec = ZOO[spec_name]
     task = make_task(spec.task, **spec.task_params)
     overrides = dict(spec.recipe_overrides)
+    overrides.update(recipe_overrides or {})
+    model_over = dict(spec.model_overrides)
+    model_over.update(model_overrides or {})
     if epochs is not None:
         overrides["epochs"] = epochs
         if "cosine_epochs" in overrides or epochs < get_recipe(spec.recipe).epochs:
@@ -201,20 +205,20 @@ def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: i
     if n_train is not None:
         overrides["n_train"] = n_train
     recipe = get_recipe(spec.recipe, **overrides)
-    cfg = model_config(spec.preset, task, **spec.model_overrides)
+    cfg = model_config(spec.preset, task, **model_over)
     models = [make_model(cfg, task, seed=s, init_gamma=spec.init_gamma) for s in seeds]
     t0 = time.perf_counter()
     results = train_many(models, task, recipe, seeds=seeds, progress=progress, preset=spec.preset)
     secs = (time.perf_counter() - t0) / len(seeds)
     rows = []
-    for seed, res in zip(seeds, results):
+    for seed, res in zip(seeds, results, strict=True):
         row = {"spec": spec_name, "preset": spec.preset, "seed": seed, "n_params": count_parameters(res.model),
                "epochs": res.epoch, "n_train": recipe.n_train, "train_seconds": round(secs, 1),
                "test_acc": res.final.get("test_acc", float("nan"))}
         row.update(study_one(res.model, task, seed, n_samples))
         row["recipe"] = recipe.to_dict()
         row["init_gamma"] = spec.init_gamma
-        row["model_overrides"] = spec.model_overrides
+        row["model_overrides"] = model_over
         rows.append(row)
         print(f"{spec_name} seed {seed}: acc {row['test_acc']:.4f} | {row['labels']} | without labelled "
               f"{row['acc_without_labelled']:.3f}, without rest {row['acc_without_rest']:.3f} -> "
@@ -266,6 +270,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=None, help="override the spec's epochs (toy runs)")
     ap.add_argument("--n-train", type=int, default=None, help="override the spec's training-set size")
     ap.add_argument("--n-samples", type=int, default=500, help="held-out rows for labelling (default 500)")
+    ap.add_argument("--model-override", action="append", default=[], metavar="FIELD=JSON",
+                    help='extra HookedTransformerConfig field, e.g. normalization_type=null (repeatable)')
+    ap.add_argument("--recipe-override", action="append", default=[], metavar="FIELD=JSON",
+                    help="extra recipe field, e.g. weight_decay=1.0 (repeatable)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     ap.add_argument("--force", action="store_true", help="overwrite existing results")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
@@ -288,6 +296,18 @@ def check_args(args) -> None:
         raise StudyError(f"--n-train: must be >= 100 (one batch), got {args.n_train}")
     if args.n_samples < 16:
         raise StudyError(f"--n-samples: must be >= 16 held-out rows, got {args.n_samples}")
+    for flag in ("model_override", "recipe_override"):
+        parsed = {}
+        for item in getattr(args, flag):
+            name, sep, value = item.partition("=")
+            try:
+                if not sep or not name:
+                    raise ValueError
+                parsed[name] = json.loads(value)
+            except ValueError:
+                raise StudyError(f"--{flag.replace('_', '-')}: expected FIELD=JSON (e.g. weight_decay=1.0, "
+                                 f"normalization_type=null), got {item!r}") from None
+        setattr(args, flag, parsed)
     if args.threads < 1:
         raise StudyError(f"--threads: must be >= 1, got {args.threads}")
     specs = args.spec or list(SPECS)
@@ -306,8 +326,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     specs = args.spec or list(SPECS)
-    summary = {"command": "python analyses/head_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "criteria": {"max_circuit_ablated_accuracy": MAX_CIRCUIT_ACC, "min_kept_fraction": MIN_KEPT},
+    command = "python analyses/head_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary = {"criteria": {"max_circuit_ablated_accuracy": MAX_CIRCUIT_ACC, "min_kept_fraction": MIN_KEPT},
                "specs": {}}
     summary_path = args.out / "summary.json"
     if summary_path.exists():
@@ -315,12 +335,13 @@ def main(argv=None) -> int:
         summary["specs"] = {k: v for k, v in old.get("specs", {}).items() if k not in specs}
     for spec_name in specs:
         rows = run_spec(spec_name, list(args.seeds), epochs=args.epochs, n_train=args.n_train,
-                        n_samples=args.n_samples, progress=not args.no_progress)
+                        n_samples=args.n_samples, progress=not args.no_progress,
+                        model_overrides=args.model_override, recipe_overrides=args.recipe_override)
         folder = args.out / spec_name
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "seeds.csv", _csv_text(rows))
         atomic_write_text(folder / "seeds.json", json.dumps(_json_safe(rows), indent=1) + "\n")
-        summary["specs"][spec_name] = summarise(rows)
+        summary["specs"][spec_name] = {"command": command, **summarise(rows)}
         print(f"{spec_name}: {summary['specs'][spec_name]}")
     atomic_write_text(summary_path, json.dumps(_json_safe(summary), indent=1) + "\n")
     print(f"wrote {args.out}")

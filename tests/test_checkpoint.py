@@ -108,3 +108,25 @@ def test_unwritable_destination(tmp_path, identity_task, saved):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be created"):
         save_checkpoint(blocker / "sub", model, identity_task)
+
+
+def test_config_from_another_transformer_lens(saved):
+    path, _ = saved
+    meta = json.loads((path / META_FILE).read_text())
+    meta["model_config"]["field_from_the_future"] = 1
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not fit this TransformerLens version.*field_from_the_future"):
+        load_checkpoint(path)
+
+
+def test_optimizer_state_round_trip(tmp_path, identity_task, saved):
+    from anchor_interp.checkpoint import OPTIMIZER_FILE, read_tensors
+
+    _, model = saved
+    opt = {"exp_avg.embed.W_E": torch.randn(3, 4)}
+    path = save_checkpoint(tmp_path / "r", model, identity_task, optimizer_tensors=opt, resume={"global_step": 7})
+    meta = read_meta(path)
+    assert torch.equal(read_tensors(path, OPTIMIZER_FILE, meta)["exp_avg.embed.W_E"], opt["exp_avg.embed.W_E"])
+    # a finished save over a resumable folder drops the optimizer state
+    save_checkpoint(path, model, identity_task)
+    assert not (path / OPTIMIZER_FILE).exists() and read_meta(path)["resume"] is None
