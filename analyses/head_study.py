@@ -8,12 +8,19 @@ check the issue-4 criteria:
 - mean-ablating every labelled head brings held-out accuracy to <= 0.1;
 - mean-ablating every other head keeps >= 95% of the held-out accuracy.
 
-It also records raw attention masses (no normalisation: mean attention weight in [0, 1]) on the rows
-and columns the paper's description names (spec section 6), per head, so that the causal and the
-bidirectional models can be compared with the paper.
+It also records, per head, raw attention masses (no normalisation: mean attention weight in [0, 1])
+on the rows and columns the paper's description names (spec section 6) and patching at the task's
+role positions (anchor / key / last row; :func:`role_patching`), so that the causal and the
+bidirectional models can be compared with the paper; and a check of the labels that does not use the
+labeller's rule: ``necessary_heads`` (mean-ablating the head alone costs >= 50% of held-out accuracy),
+``necessary_missed`` (necessary but not labelled), ``labelled_not_necessary`` (labelled, costs < 5%
+alone, while another head of its layer is necessary alone: the operation is not spread there) and
+``labels_precise`` (neither list has a head); and the circuit checks again on a label-free circuit
+(``alt_*``: the heads necessary alone plus the labelled broadcast heads).
 
     python analyses/head_study.py                            # default + mechanism, seeds 0-4
-    python analyses/head_study.py --spec default --seeds 0 1 2 3 4
+    python analyses/head_study.py --spec default \\
+        --model-override normalization_type=null --recipe-override weight_decay=1.0   # the committed run
     python analyses/head_study.py --spec default --seeds 0 --epochs 3 --n-train 200 --out /tmp/hs
 
 Writes ``<out>/<spec>/seeds.csv`` (one row per seed), ``<out>/<spec>/seeds.json`` (the same plus every
@@ -44,8 +51,12 @@ CSV_FIELDS = (
     "shift_heads", "broadcast_heads", "groups", "found_shift", "found_broadcast", "acc_without_labelled",
     "acc_without_rest", "kept_fraction", "passes", "best_shift_head", "best_shift_offset",
     "shift_key_row_to_anchor", "shift_key_row_to_anchor_uniform", "shift_anchor_row_to_key", "broadcast_last_to_key",
-    "broadcast_rows_to_key",
+    "broadcast_rows_to_key", "necessary_heads", "necessary_missed", "labelled_not_necessary",
+    "labels_precise", "alt_circuit", "alt_acc_without_circuit", "alt_acc_without_rest", "alt_passes",
+    "shift_anchor_move_at_key", "shift_key_swap_at_anchor", "broadcast_key_swap_at_last",
 )
+NECESSARY_DROP = 0.5  # a head is "necessary" if mean-ablating it alone costs >= 50% of held-out accuracy
+IDLE_DROP = 0.05  # a head "changes nothing" alone if its ablation costs < 5% of held-out accuracy
 
 
 class StudyError(ValueError):
@@ -105,6 +116,52 @@ def raw_masses(model, batch) -> dict[str, list[list[float]]]:
     return res
 
 
+def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]:
+    """Per-head patching at the task's role positions, ``[layer][head]``, normalised logit difference
+    (1 = the clean answer fully restored, 0 = no effect; can leave [0, 1]).
+
+    The clean ``blocks.L.attn.hook_z`` of one head is patched into the counterfactual run at one
+    position per row only: the (clean) anchor's, the key's, or the last. ``key_swap@anchor`` is the
+    paper's bidirectional shift (the key copied into the anchor's slot); ``anchor_move@key`` the causal
+    shift (the anchor flag written into the key's slot); ``key_swap@last`` the broadcast reaching the
+    scored row. Rows are those of ``batch``; counterfactual seeds are ``seed + 1`` as in label_heads.
+    """
+    import torch
+
+    cfg = model.cfg
+    n = len(batch)
+    rows = torch.arange(n)
+    T = batch.tokens.shape[1]
+    where = {"anchor": batch.anchor_pos, "key": batch.key_pos, "last": torch.full_like(batch.key_pos, T - 1)}
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
+    out: dict[str, list[list[float]]] = {}
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(batch.tokens, names_filter=lambda name: name in names)
+        for cf in ("key_swap", "anchor_move"):
+            corrupt = task.counterfactual(batch, cf, seed=seed + 1)
+
+            def gap(logits, corrupt=corrupt):  # mean logit difference, clean answer - corrupt answer
+                last = logits[:, -1]
+                return (last[rows, batch.targets] - last[rows, corrupt.targets]).mean().item()
+
+            g_clean, g_corrupt = gap(clean_logits), gap(model(corrupt.tokens))
+            for role, pos in where.items():
+                table = []
+                for layer in range(cfg.n_layers):
+                    clean_z = cache[names[layer]]  # (B, T, H, d_head)
+                    line = []
+                    for head in range(cfg.n_heads):
+                        def hook(z, hook, head=head, pos=pos, clean_z=clean_z):
+                            z[rows, pos, head] = clean_z[rows, pos, head]
+                            return z
+                        patched = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(names[layer], hook)])
+                        denom = g_clean - g_corrupt
+                        line.append(round((gap(patched) - g_corrupt) / denom, 4) if abs(denom) > 1e-9 else 0.0)
+                    table.append(line)
+                out[f"{cf}@{role}"] = table
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # one seed
 
@@ -152,6 +209,35 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
     row["shift_anchor_row_to_key"] = _at(masses["anchor_row_to_key"], best)
     row["broadcast_last_to_key"] = _mean_at(masses["last_row_to_key"], bcs)
     row["broadcast_rows_to_key"] = _mean_at(masses["rows_to_key"], bcs)
+    # label precision, independent of the labeller's own rule: which heads matter alone (ablation)
+    drop = {r.name: r.scores.get("ablation_accuracy_drop", float("nan")) for r in recs}
+    necessary = [n for n, d in drop.items() if d >= NECESSARY_DROP]
+    labelled_names = {r.name for r in recs if r.label in ROLES}
+    row["necessary_heads"] = " ".join(necessary)
+    row["necessary_missed"] = " ".join(n for n in necessary if n not in labelled_names)
+    # a labelled head that changes nothing alone while another head of its layer is necessary alone:
+    # the operation is not spread over that layer, so the idle head is not part of it
+    layer_has_necessary = {r.layer for r in recs if drop[r.name] >= NECESSARY_DROP}
+    row["labelled_not_necessary"] = " ".join(
+        r.name for r in recs
+        if r.label in ROLES and r.layer in layer_has_necessary and drop[r.name] < IDLE_DROP)
+    row["labels_precise"] = not row["necessary_missed"] and not row["labelled_not_necessary"]
+    # the same circuit checks on a label-free circuit: the heads necessary alone, plus the labelled
+    # broadcast heads (a broadcast spread over a layer has no head that is necessary alone)
+    alt = sorted({(r.layer, r.head) for r in recs if drop[r.name] >= NECESSARY_DROP or r.label == "broadcast"})
+    if alt and len(alt) < len(recs):
+        cc = circuit_check(model, batch.tokens, batch.targets, alt, method="mean", seed=seed,
+                           max_circuit_ablated_accuracy=MAX_CIRCUIT_ACC, min_kept_fraction=MIN_KEPT)
+        row.update(alt_circuit=" ".join(f"L{la}H{h}" for la, h in alt), alt_acc_without_circuit=cc.accuracy_without_circuit,
+                   alt_acc_without_rest=cc.accuracy_without_rest, alt_passes=cc.passes)
+    else:
+        row.update(alt_circuit=" ".join(f"L{la}H{h}" for la, h in alt), alt_acc_without_circuit=float("nan"),
+                   alt_acc_without_rest=float("nan"), alt_passes=False)
+    patching = role_patching(model, batch, task, seed)
+    row["shift_anchor_move_at_key"] = _at(patching["anchor_move@key"], best)
+    row["shift_key_swap_at_anchor"] = _at(patching["key_swap@anchor"], best)
+    row["broadcast_key_swap_at_last"] = round(sum(patching["key_swap@last"][r.layer][r.head] for r in bcs), 4) if bcs else ""
+    row["role_patching"] = patching
     row["heads"] = [r.to_dict() for r in recs]
     row["head_groups"] = [g.to_dict() for g in analysis.groups]
     row["baseline"] = analysis.to_dict()["baseline"]
@@ -236,6 +322,8 @@ def summarise(rows: list[dict]) -> dict:
         "circuit_ablated_le_0.1": sum(r["acc_without_labelled"] <= MAX_CIRCUIT_ACC for r in rows),
         "rest_ablated_kept_ge_0.95": sum(r["kept_fraction"] >= MIN_KEPT for r in rows),
         "passes": sum(r["passes"] for r in rows),
+        "labels_precise": sum(r["labels_precise"] for r in rows),
+        "alt_circuit_passes": sum(r["alt_passes"] for r in rows),
         "mean_test_acc": round(sum(r["test_acc"] for r in rows) / max(n, 1), 4),
     }
 

@@ -617,11 +617,12 @@ def train_many(
                         snapshots[i] = {"params": {n: t[i].detach().clone() for n, t in params.items()},
                                         "opt": {n: t.clone() for n, t in opt.state_slice(i).items()},
                                         "opt_step": opt.step_count, "step": step, "epoch": epoch}
-                acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
                 if progress:
                     live = [h[-1] for h in histories if h]
                     bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
                                     test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
+            # train_loss / train_acc of a history row: running means over that row's epoch only
+            acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
             if rec.checkpoint_every and epoch % rec.checkpoint_every == 0 and step < total_steps and not all(done):
                 for i in range(k):
                     save(i, True)

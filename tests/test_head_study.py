@@ -29,7 +29,7 @@ def circuit_row(study, identity_task):
     from anchor_interp.ground_truth import make_identity_circuit_model
 
     model = make_identity_circuit_model(identity_task)
-    return study.study_one(model, identity_task, seed=3, n_samples=256)
+    return study.study_one(model, identity_task, seed=3, n_samples=128)
 
 
 def test_hand_set_circuit_passes_every_criterion(circuit_row):
@@ -41,6 +41,11 @@ def test_hand_set_circuit_passes_every_criterion(circuit_row):
     assert r["kept_fraction"] >= 0.95
     assert r["passes"] is True
     assert r["best_shift_head"] == "L0H0" and r["best_shift_offset"] == -1
+    # each of the two real heads is necessary alone; nothing labelled is idle, nothing necessary is missed
+    assert r["necessary_heads"] == "L0H0 L1H0"
+    assert r["necessary_missed"] == "" and r["labelled_not_necessary"] == ""
+    assert r["labels_precise"] is True
+    assert r["alt_circuit"] == "L0H0 L1H0" and r["alt_passes"] is True
 
 
 def test_raw_masses_read_the_hand_set_patterns(circuit_row):
@@ -54,6 +59,19 @@ def test_raw_masses_read_the_hand_set_patterns(circuit_row):
     assert 0.0 < m["key_row_to_anchor_uniform"] < 0.5
     for table in (m["key_row_to_anchor"], m["rows_to_key"], m["other_rows_to_anchor"]):
         assert all(0.0 <= v <= 1.0 for row in table for v in row)
+
+
+def test_role_patching_finds_where_each_head_acts(circuit_row):
+    rp = circuit_row["role_patching"]
+    # the shift head's flag lives at the key's position; the broadcast head's key at the last position.
+    # (The corrupt run keeps its own flag at the moved key, so layer 1 splits between two flags: ~0.4-0.5.)
+    assert rp["anchor_move@key"][0][0] > 0.3
+    assert rp["anchor_move@key"][0][0] > 2 * max(abs(rp["anchor_move@anchor"][0][0]), abs(rp["anchor_move@last"][0][0]))
+    assert rp["key_swap@last"][1][0] > 0.5
+    # the decoy (W_O = 0) and the self head restore nothing anywhere
+    for cf_role, table in rp.items():
+        assert abs(table[0][1]) < 0.05, cf_role
+    assert circuit_row["shift_anchor_move_at_key"] == rp["anchor_move@key"][0][0]
 
 
 def test_decoy_is_not_in_the_circuit(circuit_row):

@@ -335,3 +335,11 @@ def test_fast_recipe_cosine_follows_epochs():
     assert rec.lr_at(11) == pytest.approx((1e-3 + 1e-5) / 2)  # half-way through the cosine
     assert rec.lr_at(20) == pytest.approx(1e-5)
     assert rec.lr_at(2.5) < rec.lr_at(2.25)  # stepped per step, not per epoch
+
+
+def test_history_train_metrics_cover_the_rows_epoch_only(identity_task):
+    every = train(tiny_model(identity_task), identity_task, "fast", seed=3, progress=False, **TINY)
+    sparse = train(tiny_model(identity_task), identity_task, "fast", seed=3, progress=False, **{**TINY, "eval_every": 3})
+    assert [r["epoch"] for r in sparse.history] == [3]
+    last, only = every.history[-1], sparse.history[-1]
+    assert (only["train_loss"], only["train_acc"], only["test_acc"]) == (last["train_loss"], last["train_acc"], last["test_acc"])

@@ -1,0 +1,63 @@
+"""The benchmark scripts still run (``--quick``, toy sizes) and write the JSON their docs describe.
+
+Speed itself is measured by running the scripts, never here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_training_quick(tmp_path):
+    out = tmp_path / "t.json"
+    assert load("bench_training").main(["--quick", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [s["case"] for s in d["summary"]] == ["small:fast", "small:paper"]
+    for r in d["runs"]:
+        assert r["epochs"] == len(r["trace"]) >= 1  # one held-out evaluation per epoch
+        assert 0 <= r["eval_s"] <= r["wall_s"] and 0.0 <= r["best_acc"] <= 1.0
+        assert r["reached"] == (r["best_acc"] >= d["target"])
+
+
+def test_bench_training_rejects_bad_case():
+    with pytest.raises(SystemExit):
+        load("bench_training").main(["--cases", "paper-fast"])
+
+
+def test_bench_many_models_quick(tmp_path):
+    out = tmp_path / "m.json"
+    assert load("bench_many_models").main(["--quick", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [r["k"] for r in d["throughput"]] == [1, 4]
+    for r in d["throughput"]:
+        assert r["together_s"] > 0 and r["separate_s"] > 0
+        assert r["together_model_steps_per_s"] == pytest.approx(r["k"] * r["steps"] / r["together_s"])
+    fig = d["figure"]
+    assert fig["full_figure_sequences"] == 4000 * 10 * sum(range(200, 2301, 100))  # 1.1e9
+    assert fig["full_figure_extrapolated_s"] > fig["measured_total_s"] > 0
+
+
+def test_bench_memory_quick(tmp_path):
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["case"] == "ours:patch_head_out" and r["peak_mib"] > 0 and r["rise_mib"] >= 0
+    assert r["caches"], "the sweep's activation cache was not seen"
+    for c in r["caches"]:  # only the hooks the sweep needs, never the model's full cache
+        assert 0 < c["hooks"] < c["hook_points"]
