@@ -13,10 +13,13 @@ on the rows and columns the paper's description names (spec section 6) and patch
 role positions (anchor / key / last row; :func:`role_patching`), so that the causal and the
 bidirectional models can be compared with the paper; and a check of the labels that does not use the
 labeller's rule: ``necessary_heads`` (mean-ablating the head alone costs >= 50% of held-out accuracy),
-``necessary_missed`` (necessary but not labelled), ``labelled_not_necessary`` (labelled, costs < 5%
-alone, while another head of its layer is necessary alone: the operation is not spread there) and
-``labels_precise`` (neither list has a head); and the circuit checks again on a label-free circuit
-(``alt_*``: the heads necessary alone plus the labelled broadcast heads).
+``necessary_missed`` (necessary but not labelled); ``<role>_carriers``, the heads whose patch at the
+role's position restores >= 10% (shift: anchor_move at the key's row in a causal model, key_swap at
+the anchor's row in a bidirectional one; broadcast: key_swap at the last row), and whether they equal
+the labelled heads (``<role>_labels_match``); ``key_copy_heads`` (earlier-layer heads, not shift
+carriers, that carry the key's value at the key's own row: key_swap there >= 10%) and the accuracy
+with all of them ablated; and the circuit checks again on a label-free circuit (``alt_*``: the
+heads necessary alone plus the labelled broadcast heads).
 
     python analyses/head_study.py                            # default + mechanism, seeds 0-4
     python analyses/head_study.py --spec default \\
@@ -51,12 +54,12 @@ CSV_FIELDS = (
     "shift_heads", "broadcast_heads", "groups", "found_shift", "found_broadcast", "acc_without_labelled",
     "acc_without_rest", "kept_fraction", "passes", "best_shift_head", "best_shift_offset",
     "shift_key_row_to_anchor", "shift_key_row_to_anchor_uniform", "shift_anchor_row_to_key", "broadcast_last_to_key",
-    "broadcast_rows_to_key", "necessary_heads", "necessary_missed", "labelled_not_necessary",
-    "labels_precise", "alt_circuit", "alt_acc_without_circuit", "alt_acc_without_rest", "alt_passes",
+    "broadcast_rows_to_key", "necessary_heads", "necessary_missed", "shift_carriers", "shift_labels_match",
+    "broadcast_carriers", "broadcast_labels_match", "key_copy_heads", "acc_without_key_copy", "alt_circuit", "alt_acc_without_circuit", "alt_acc_without_rest", "alt_passes",
     "shift_anchor_move_at_key", "shift_key_swap_at_anchor", "broadcast_key_swap_at_last",
 )
 NECESSARY_DROP = 0.5  # a head is "necessary" if mean-ablating it alone costs >= 50% of held-out accuracy
-IDLE_DROP = 0.05  # a head "changes nothing" alone if its ablation costs < 5% of held-out accuracy
+CARRIER = 0.1  # a head "carries" a role if patching it at the role's position restores >= 10% (role_patching)
 
 
 class StudyError(ValueError):
@@ -121,7 +124,8 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
     (1 = the clean answer fully restored, 0 = no effect; can leave [0, 1]).
 
     The clean ``blocks.L.attn.hook_z`` of one head is patched into the counterfactual run at one
-    position per row only: the (clean) anchor's, the key's, or the last. ``key_swap@anchor`` is the
+    position per row only: the (clean) anchor's, the key's, or the last (for the anchor's and the key's,
+    only rows where that position is not the last input count). ``key_swap@anchor`` is the
     paper's bidirectional shift (the key copied into the anchor's slot); ``anchor_move@key`` the causal
     shift (the anchor flag written into the key's slot); ``key_swap@last`` the broadcast reaching the
     scored row. Rows are those of ``batch``; counterfactual seeds are ``seed + 1`` as in label_heads.
@@ -139,13 +143,17 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
         clean_logits, cache = model.run_with_cache(batch.tokens, names_filter=lambda name: name in names)
         for cf in ("key_swap", "anchor_move"):
             corrupt = task.counterfactual(batch, cf, seed=seed + 1)
-
-            def gap(logits, corrupt=corrupt):  # mean logit difference, clean answer - corrupt answer
-                last = logits[:, -1]
-                return (last[rows, batch.targets] - last[rows, corrupt.targets]).mean().item()
-
-            g_clean, g_corrupt = gap(clean_logits), gap(model(corrupt.tokens))
+            corrupt_logits = model(corrupt.tokens)
             for role, pos in where.items():
+                # "@key" and "@anchor" use only the rows where that position is not the last input
+                # (there, patching it is patching the last row)
+                sel = pos < T - 1 if role != "last" else torch.ones(n, dtype=torch.bool)
+
+                def gap(logits, corrupt=corrupt, sel=sel):  # mean logit diff, clean answer - corrupt answer
+                    last = logits[:, -1]
+                    return (last[rows, batch.targets] - last[rows, corrupt.targets])[sel].mean().item()
+
+                g_clean, g_corrupt = gap(clean_logits), gap(corrupt_logits)
                 table = []
                 for layer in range(cfg.n_layers):
                     clean_z = cache[names[layer]]  # (B, T, H, d_head)
@@ -156,7 +164,8 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
                             return z
                         patched = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(names[layer], hook)])
                         denom = g_clean - g_corrupt
-                        line.append(round((gap(patched) - g_corrupt) / denom, 4) if abs(denom) > 1e-9 else 0.0)
+                        ok = bool(sel.any()) and abs(denom) > 1e-9
+                        line.append(round((gap(patched) - g_corrupt) / denom, 4) if ok else 0.0)
                     table.append(line)
                 out[f"{cf}@{role}"] = table
     return out
@@ -209,31 +218,46 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
     row["shift_anchor_row_to_key"] = _at(masses["anchor_row_to_key"], best)
     row["broadcast_last_to_key"] = _mean_at(masses["last_row_to_key"], bcs)
     row["broadcast_rows_to_key"] = _mean_at(masses["rows_to_key"], bcs)
-    # label precision, independent of the labeller's own rule: which heads matter alone (ablation)
+    # label-free evidence: which heads matter alone (ablation), and where each head acts (role patching)
     drop = {r.name: r.scores.get("ablation_accuracy_drop", float("nan")) for r in recs}
     necessary = [n for n, d in drop.items() if d >= NECESSARY_DROP]
     labelled_names = {r.name for r in recs if r.label in ROLES}
     row["necessary_heads"] = " ".join(necessary)
     row["necessary_missed"] = " ".join(n for n in necessary if n not in labelled_names)
-    # a labelled head that changes nothing alone while another head of its layer is necessary alone:
-    # the operation is not spread over that layer, so the idle head is not part of it
-    layer_has_necessary = {r.layer for r in recs if drop[r.name] >= NECESSARY_DROP}
-    row["labelled_not_necessary"] = " ".join(
-        r.name for r in recs
-        if r.label in ROLES and r.layer in layer_has_necessary and drop[r.name] < IDLE_DROP)
-    row["labels_precise"] = not row["necessary_missed"] and not row["labelled_not_necessary"]
-    # the same circuit checks on a label-free circuit: the heads necessary alone, plus the labelled
+    patching = role_patching(model, batch, task, seed)
+    causal = model.cfg.attention_dir != "bidirectional"
+    shift_table = patching["anchor_move@key"] if causal else patching["key_swap@anchor"]
+    last_layer = model.cfg.n_layers - 1
+    carriers = {
+        "shift": [r for r in recs if r.layer < last_layer and shift_table[r.layer][r.head] >= CARRIER],
+        "broadcast": [r for r in recs if patching["key_swap@last"][r.layer][r.head] >= CARRIER],
+    }
+    key_copy = [r for r in recs if r.layer < last_layer and r not in carriers["shift"]
+                and patching["key_swap@key"][r.layer][r.head] >= CARRIER]
+    for role in ROLES:
+        row[f"{role}_carriers"] = " ".join(r.name for r in carriers[role])
+        row[f"{role}_labels_match"] = {r.name for r in carriers[role]} == {r.name for r in recs if r.label == role}
+    row["key_copy_heads"] = " ".join(r.name for r in key_copy)
+    if key_copy:
+        from anchor_interp.ablation import ablate
+
+        res = ablate(model, batch.tokens, [(r.layer, r.head) for r in key_copy], targets=batch.targets,
+                     method="mean", seed=seed)
+        row["acc_without_key_copy"] = res.accuracy
+    else:
+        row["acc_without_key_copy"] = float("nan")
+    # the circuit checks again on a label-free circuit: the heads necessary alone plus the labelled
     # broadcast heads (a broadcast spread over a layer has no head that is necessary alone)
     alt = sorted({(r.layer, r.head) for r in recs if drop[r.name] >= NECESSARY_DROP or r.label == "broadcast"})
+    alt_names = " ".join(f"L{la}H{h}" for la, h in alt)
     if alt and len(alt) < len(recs):
         cc = circuit_check(model, batch.tokens, batch.targets, alt, method="mean", seed=seed,
                            max_circuit_ablated_accuracy=MAX_CIRCUIT_ACC, min_kept_fraction=MIN_KEPT)
-        row.update(alt_circuit=" ".join(f"L{la}H{h}" for la, h in alt), alt_acc_without_circuit=cc.accuracy_without_circuit,
+        row.update(alt_circuit=alt_names, alt_acc_without_circuit=cc.accuracy_without_circuit,
                    alt_acc_without_rest=cc.accuracy_without_rest, alt_passes=cc.passes)
     else:
-        row.update(alt_circuit=" ".join(f"L{la}H{h}" for la, h in alt), alt_acc_without_circuit=float("nan"),
+        row.update(alt_circuit=alt_names, alt_acc_without_circuit=float("nan"),
                    alt_acc_without_rest=float("nan"), alt_passes=False)
-    patching = role_patching(model, batch, task, seed)
     row["shift_anchor_move_at_key"] = _at(patching["anchor_move@key"], best)
     row["shift_key_swap_at_anchor"] = _at(patching["key_swap@anchor"], best)
     row["broadcast_key_swap_at_last"] = round(sum(patching["key_swap@last"][r.layer][r.head] for r in bcs), 4) if bcs else ""
@@ -322,7 +346,8 @@ def summarise(rows: list[dict]) -> dict:
         "circuit_ablated_le_0.1": sum(r["acc_without_labelled"] <= MAX_CIRCUIT_ACC for r in rows),
         "rest_ablated_kept_ge_0.95": sum(r["kept_fraction"] >= MIN_KEPT for r in rows),
         "passes": sum(r["passes"] for r in rows),
-        "labels_precise": sum(r["labels_precise"] for r in rows),
+        "shift_labels_match": sum(r["shift_labels_match"] for r in rows),
+        "broadcast_labels_match": sum(r["broadcast_labels_match"] for r in rows),
         "alt_circuit_passes": sum(r["alt_passes"] for r in rows),
         "mean_test_acc": round(sum(r["test_acc"] for r in rows) / max(n, 1), 4),
     }

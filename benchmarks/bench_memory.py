@@ -18,7 +18,7 @@ shows a user), and ``rise``, the peak during the measured call above the residen
 
 Cache audit: during each case every ``HookedTransformer.run_with_cache`` and patch-engine
 ``Engine.run_cached`` call is recorded (hooks kept, tensor MiB), against the full cache of the same input
-(every hook point of the model), so that "caches hold only the hooks an analysis needs" is checked.
+(every hook point that fires in a plain forward pass), so that "caches hold only the hooks an analysis needs" is checked.
 """
 
 from __future__ import annotations
@@ -65,23 +65,23 @@ def child(case: str, batch: int, n_samples: int) -> dict:
         out = orig_rwc(self, *a, **kw)
         cache = out[1]
         tokens = a[0] if a else kw.get("input")
-        records.append({"via": "run_with_cache", "hooks": len(cache), "hook_points": len(self.hook_dict),
+        records.append({"via": "run_with_cache", "hooks": len(cache), "hook_points": full_hooks,
                         "names": sorted(cache.keys()), "mib": _mib(cache.values()),
                         "rows": int(tokens.shape[0]) if hasattr(tokens, "shape") else None})
         return out
 
     def rc(self, tokens, names, **kw):
         out = orig_rc(self, tokens, names, **kw)
-        records.append({"via": "Engine.run_cached", "hooks": len(out[1]), "hook_points": len(self.model.hook_dict),
+        records.append({"via": "Engine.run_cached", "hooks": len(out[1]), "hook_points": full_hooks,
                         "names": sorted(out[1]), "mib": _mib(out[1].values()), "rows": int(tokens.shape[0])})
         return out
 
     _tl.HookedTransformer.run_with_cache = rwc
     patch_engine.Engine.run_cached = rc
-    full_mib_per_row = None
-    with torch.no_grad():  # the full cache of one row: every hook point, for comparison
+    with torch.no_grad():  # the full cache (every hook point that fires) of 8 rows, for comparison
         _, full = orig_rwc(model, task.sample(8, split="test", seed=0).tokens)
-        full_mib_per_row = _mib(full.values()) / 8
+    full_mib_per_row, full_hooks = _mib(full.values()) / 8, len(full)
+    del full
     tmp = tempfile.mkdtemp()
     if case != "baseline" and not case.endswith("find_heads"):
         from anchor_interp import patching
@@ -128,7 +128,7 @@ def child(case: str, batch: int, n_samples: int) -> dict:
     rise = _status("VmHWM") - before
     peak = max(_status("VmHWM"), _peak_life())
     return {"case": case, "rise_mib": rise, "peak_mib": peak, "rss_before_mib": before,
-            "full_cache_mib_per_row": full_mib_per_row, "hook_points": len(model.hook_dict), "caches": records}
+            "full_cache_mib_per_row": full_mib_per_row, "hook_points": full_hooks, "caches": records}
 
 
 def _peak_life() -> float:
@@ -153,7 +153,7 @@ def summarise_caches(rec: list[dict], full_per_row: float) -> str:
     pts = rec[0]["hook_points"]
     mib = sum(r["mib"] for r in rec)
     full = sum(full_per_row * (r["rows"] or 0) for r in rec)
-    return (f"{len(rec)} cache(s), at most {kept} of {pts} hooks each, {mib:.2f} MiB in all "
+    return (f"{len(rec)} cache(s), at most {kept} of the {pts} hooks of a full cache, {mib:.2f} MiB in all "
             f"(a full cache of the same rows: {full:.2f} MiB)")
 
 

@@ -2,7 +2,8 @@
 
 - ``TESTED_PAGES``: docs pages whose ```python blocks are executed, each with the number of blocks it
   must have (so that an extraction that silently finds nothing fails). The blocks of one page run in
-  order in one namespace, in a fresh temporary working folder. To test another page, add it here.
+  order in one namespace, in a fresh temporary working folder. Every page with ```python blocks
+  must be listed (non-runnable code goes in ```text blocks).
 - A ```text block right after the HTML comment ``<!-- printed -->`` shows output: every non-empty line
   of it must appear among the lines the page's snippets printed.
 - ``mkdocs build --strict`` (the venv's mkdocs, ``sys.executable -m mkdocs``) into a temporary folder
@@ -73,6 +74,16 @@ def test_every_python_like_block_is_tested():
         assert not odd, f"{page.relative_to(REPO)}: use ```python for Python code, not {odd}"
 
 
+def test_every_page_with_python_is_tested():
+    """Python blocks are promises that the code runs: a page that has them must be in TESTED_PAGES."""
+    untested = [str(page.relative_to(DOCS)) for page in sorted(DOCS.glob("**/*.md"))
+                if python_snippets(page.read_text()) and str(page.relative_to(DOCS)) not in TESTED_PAGES]
+    assert not untested, (
+        f"{untested} contain ```python blocks but are not in TESTED_PAGES (tests/test_docs.py): add them "
+        "with their block count, or mark code that is not meant to run as ```text"
+    )
+
+
 @pytest.mark.parametrize("page", sorted(TESTED_PAGES))
 def test_page_snippets_run(page, tmp_path, monkeypatch):
     import torch
@@ -103,6 +114,8 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
         torch.set_printoptions(profile="default")
     print(f"{page}: ran {len(snippets)} snippets")
+    marks = len(re.findall(rf"^{re.escape(PRINTED_MARK)}[ \t]*$", text, flags=re.MULTILINE))
+    assert marks == len(printed_blocks(text)), f"docs/{page}: every {PRINTED_MARK} line must precede a ```text block"
     out_lines = {ln.rstrip() for ln in printed.getvalue().splitlines()}
     for line, expected in printed_blocks(text):
         missing = [ln for ln in expected if ln not in out_lines]

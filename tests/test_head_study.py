@@ -43,8 +43,11 @@ def test_hand_set_circuit_passes_every_criterion(circuit_row):
     assert r["best_shift_head"] == "L0H0" and r["best_shift_offset"] == -1
     # each of the two real heads is necessary alone; nothing labelled is idle, nothing necessary is missed
     assert r["necessary_heads"] == "L0H0 L1H0"
-    assert r["necessary_missed"] == "" and r["labelled_not_necessary"] == ""
-    assert r["labels_precise"] is True
+    assert r["necessary_missed"] == ""
+    # where each head acts agrees with the labels; the self head writes where nothing reads: no key copy
+    assert r["shift_carriers"] == "L0H0" and r["broadcast_carriers"] == "L1H0"
+    assert r["shift_labels_match"] is True and r["broadcast_labels_match"] is True
+    assert r["key_copy_heads"] == ""
     assert r["alt_circuit"] == "L0H0 L1H0" and r["alt_passes"] is True
 
 
