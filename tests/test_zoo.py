@@ -53,3 +53,30 @@ def test_zoo_files_small_and_recorded(name):
 def test_unknown_zoo_name():
     with pytest.raises(ValueError, match="unknown zoo model 'large'.*default.*mechanism"):
         zoo.load("large")
+
+
+def test_train_zoo_script_recreates_a_spec(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from anchor_interp.checkpoint import load_checkpoint
+
+    tiny = zoo.ZooSpec(name="tiny", preset="small", model_overrides={"d_model": 32, "d_head": 8},
+                       recipe_overrides={"n_train": 200, "epochs": 2, "batch_size": 50}, seed=4)
+    monkeypatch.setitem(zoo.ZOO, "tiny", tiny)
+    path = Path(__file__).resolve().parent.parent / "analyses" / "train_zoo.py"
+    spec = importlib.util.spec_from_file_location("train_zoo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "tiny: preset=small" in capsys.readouterr().out
+    model, task = load_checkpoint(tmp_path / "tiny")
+    meta = read_meta(tmp_path / "tiny")
+    assert model.cfg.d_model == 32 and meta["seed"] == 4 and meta["step"] == 8 and len(meta["history"]) == 2
+    assert (tmp_path / "tiny" / "history.csv").exists() and not (tmp_path / "tiny" / "optimizer.safetensors").exists()
+    # the same spec twice gives the same weights
+    assert mod.main(["tiny", "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    again, _ = load_checkpoint(tmp_path / "again" / "tiny")
+    assert torch.equal(again.W_Q, model.W_Q)
+    with pytest.raises(SystemExit):
+        mod.main(["nope", "--out", str(tmp_path)])
