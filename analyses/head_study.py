@@ -256,8 +256,9 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
         row.update(alt_circuit=alt_names, alt_acc_without_circuit=cc.accuracy_without_circuit,
                    alt_acc_without_rest=cc.accuracy_without_rest, alt_passes=cc.passes)
     else:
+        # every head (or none) is in it: "ablate every other head" has nothing to test
         row.update(alt_circuit=alt_names, alt_acc_without_circuit=float("nan"),
-                   alt_acc_without_rest=float("nan"), alt_passes=False)
+                   alt_acc_without_rest=float("nan"), alt_passes=None)
     row["shift_anchor_move_at_key"] = _at(patching["anchor_move@key"], best)
     row["shift_key_swap_at_anchor"] = _at(patching["key_swap@anchor"], best)
     row["broadcast_key_swap_at_last"] = round(sum(patching["key_swap@last"][r.layer][r.head] for r in bcs), 4) if bcs else ""
@@ -348,7 +349,8 @@ def summarise(rows: list[dict]) -> dict:
         "passes": sum(r["passes"] for r in rows),
         "shift_labels_match": sum(r["shift_labels_match"] for r in rows),
         "broadcast_labels_match": sum(r["broadcast_labels_match"] for r in rows),
-        "alt_circuit_passes": sum(r["alt_passes"] for r in rows),
+        "alt_circuit_applicable": sum(r["alt_passes"] is not None for r in rows),
+        "alt_circuit_passes": sum(r["alt_passes"] is True for r in rows),
         "mean_test_acc": round(sum(r["test_acc"] for r in rows) / max(n, 1), 4),
     }
 

@@ -88,6 +88,7 @@ def run_case(preset: str, recipe: str, seed: int, target: float, cap_s: float, n
         wall = evals[-1]["wall_s"]  # the crossing evaluation's end (train() returns right after it)
     return {
         "preset": preset, "recipe": recipe, "seed": seed, "n_params": count_parameters(model),
+        "recipe_fields": training.get_recipe(recipe, **overrides).to_dict(),
         "reached": reached, "stopped": stopped, "epochs": n_ep, "wall_s": wall, "eval_s": eval_s,
         "train_s": wall - eval_s, "s_per_epoch": (wall - eval_s) / max(n_ep, 1),
         "best_acc": max((e["test_acc"] for e in evals), default=0.0),
