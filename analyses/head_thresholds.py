@@ -14,6 +14,11 @@ Prints, for the given seeds:
 4. with ``--wider`` / ``--wider-only``: a 2L x 1H (d_head 128, n_train 1000, 100 epochs), a 2L x 8H
    and a 3L x 4H model (n_train 2000, 60 epochs), preset small with overrides, recipe fast, seed 0,
    trained here and labelled the same way.
+5. with ``--study FILE`` (a ``seeds.json`` written by analyses/head_study.py; default
+   analyses/results/head_study/default/seeds.json when it exists): for every head below the last layer,
+   its generic ``shift`` score, ``task_shift`` (key row -> anchor lift), ``anchor_move`` patching effect
+   and ablation drop, split into the study's label-free shift carriers and the rest; the ranges
+   justify ``Thresholds.task_shift_floor`` and ``Thresholds.strong_effect``. Reads stored scores only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+DEFAULT_STUDY = Path(__file__).resolve().parent / "results" / "head_study" / "default" / "seeds.json"
 
 
 def main(argv=None) -> int:
@@ -32,7 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-zoo", action="store_true")
     ap.add_argument("--wider", action="store_true", help="also train and label 2Lx1H, 2Lx8H and 3Lx4H models")
     ap.add_argument("--wider-only", action="store_true", help="only section 4")
+    ap.add_argument("--study", type=str, default=str(DEFAULT_STUDY),
+                    help="head_study seeds.json for section 5 ('' to skip)")
+    ap.add_argument("--study-only", action="store_true", help="only section 5")
     args = ap.parse_args(argv)
+    if args.study_only:
+        return study_section(Path(args.study))
     if args.wider_only:
         return wider(args.n)
 
@@ -121,6 +132,37 @@ def main(argv=None) -> int:
                       f"without_rest={c.accuracy_without_rest:.3f} kept={c.kept_fraction:.3f} passes={c.passes}")
     if args.wider:
         wider(args.n)
+    if args.study and Path(args.study).is_file():
+        study_section(Path(args.study))
+    return 0
+
+
+def study_section(path: Path) -> int:
+    """Section 5: shift carriers vs the other early-layer heads in a stored head_study run."""
+    import json
+
+    if not path.is_file():
+        raise SystemExit(f"--study: no such file {path} (run analyses/head_study.py first)")
+    rows = json.loads(path.read_text())
+    print(f"\n## 5. stored head study {path} (heads below the last layer)")
+    groups: dict[str, list[dict]] = {"carrier": [], "other": []}
+    for row in rows:
+        carriers = set(row["shift_carriers"].split())
+        last = max(h["layer"] for h in row["heads"])
+        for h in row["heads"]:
+            if h["layer"] == last:
+                continue
+            s = h["scores"]
+            which = "carrier" if h["name"] in carriers else "other"
+            groups[which].append(s)
+            print(f"  seed {row['seed']} {h['name']} {which:7s} label={h['label']:9s} kind={h['kind']!s:7s} "
+                  f"shift={s['shift']:.2f} task_shift={s['task_shift']:.2f} anchor_move={s['patch_anchor_move']:.2f} "
+                  f"abl_drop={s['ablation_accuracy_drop']:.2f}")
+    for which, ss in groups.items():
+        if ss:
+            rng = {k: (min(s[k] for s in ss), max(s[k] for s in ss))
+                   for k in ("shift", "task_shift", "patch_anchor_move", "ablation_accuracy_drop")}
+            print(f"  {which}s ({len(ss)}): " + " ".join(f"{k}=[{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in rng.items()))
     return 0
 
 

@@ -39,13 +39,24 @@ RUN_FIELDS = ("n_train", "seed", "test_acc", "best_test_acc", "train_acc", "trai
               "epochs", "steps", "seconds")
 
 
+def _gamma(text: str):
+    if text in ("preset", "tl"):
+        return None if text == "tl" else "preset"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=("small", "paper", "mechanism"))
     ap.add_argument("--recipe", default="fast", choices=("fast", "paper"))
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes N")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1) per N")
-    ap.add_argument("--init-gamma", type=float, help="init std = d_in ** -gamma (anchor_interp.models.make_model)")
+    ap.add_argument("--init-gamma", type=_gamma, default="preset", metavar="GAMMA|tl|preset",
+                    help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
+                         "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
     ap.add_argument("--epochs", type=int, help="shorter schedule: the recipe squeezed into this many epochs")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="held-out evaluation interval in epochs (0: only at the end; best_test_acc is then the final)")
@@ -171,6 +182,10 @@ def main(argv=None) -> int:
     # held-out evaluation of k models on n_test sequences costs as much as an epoch at small N: by default
     # evaluate only at the end
     recipe = recipe.replace(eval_every=args.eval_every or recipe.epochs)
+    from anchor_interp.models import PRESETS
+
+    if args.init_gamma == "preset":
+        args.init_gamma = PRESETS[args.preset].init_gamma
     tag = args.tag or args.preset
     task = make_task("identity")
     seeds = list(range(args.seeds))

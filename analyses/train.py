@@ -31,6 +31,15 @@ def _value(text: str):
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
+def _gamma(text: str):
+    if text in ("preset", "tl"):
+        return None if text == "tl" else "preset"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="identity", help="task name (anchor_interp.tasks.list_tasks())")
@@ -43,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, help="number of epochs (passes over N sequences)")
     ap.add_argument("--data", choices=("fixed", "fresh"), help="fixed N sequences (default) or fresh every step")
     ap.add_argument("--early-stop", type=float, metavar="ACC", help="stop at this held-out accuracy, e.g. 0.99")
-    ap.add_argument("--init-gamma", type=float, help="init std = d_in ** -gamma for every weight matrix")
+    ap.add_argument("--init-gamma", type=_gamma, default="preset", metavar="GAMMA|tl|preset",
+                    help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
+                         "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="any other recipe field, e.g. lr=3e-4, weight_decay=0.1, batch_size=50")
     ap.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",

@@ -6,9 +6,13 @@
 
 The rule (docs/concepts.md gives the reasons and the measurements behind each threshold):
 
-1. **Pattern role.** ``shift_pattern = max(shift, task_shift)`` and ``broadcast_pattern =
-   max(broadcast, task_broadcast)`` (:mod:`anchor_interp.patterns`). A role is a *candidate* when its
-   pattern score is at least ``Thresholds.pattern``.
+1. **Pattern role.** ``broadcast_pattern = max(broadcast, task_broadcast)``; ``shift_pattern =
+   task_shift`` with a task (key row -> anchor or anchor row -> key lift), ``shift`` without one
+   (:mod:`anchor_interp.patterns`). A role is a *candidate* when its pattern score is at least
+   ``Thresholds.pattern``; with a task a head is also a shift candidate when ``task_shift >=
+   Thresholds.task_shift_floor`` and its ``anchor_move`` effect is at least ``Thresholds.strong_effect``
+   (a soft shift the answer depends on). A high generic ``shift`` with ``task_shift`` under the floor
+   is noted as "not the task's shift".
 2. **Causal effect of each role.** With a task: the head's output (``blocks.L.attn.hook_z``) patched
    from the clean run into the counterfactual run, normalised ``(patched - corrupt) / (clean -
    corrupt)`` of the logit difference: ``anchor_move`` for shift, ``key_swap`` for broadcast. Without
@@ -26,7 +30,10 @@ The rule (docs/concepts.md gives the reasons and the measurements behind each th
    ``"<role>_L<layer>"`` (``"shift_L0_offset-1"``) with that joint effect (task: relative held-out
    accuracy drop; no task: KL share). ``needed_together`` when the group removes at least
    ``Thresholds.group_effect`` while no member alone does; only then are inert members relabelled with
-   the role (with a note) -- otherwise the group is the confirmed heads alone.
+   the role (with a note) -- otherwise the group is the confirmed heads alone. With a task, the
+   ``neither`` heads of a layer whose patching effect is at least that quarter threshold and that are
+   needed only together (joint >= ``group_effect``, none alone) form a group ``"other_L<layer>"`` with
+   label ``neither``; they keep their labels.
 5. **Confidence** in [0, 1]: for a label, ``sqrt(min(1, pattern / 0.5) * min(1, effect / 0.5))`` (a
    pattern score or effect of 0.5 counts as full evidence; group-relabelled members use the group's
    joint effect, times 0.8); for ``inert``, ``min(1, pattern / 0.5) * (1 - effect / confirming
@@ -91,7 +98,10 @@ class Thresholds:
     """Decision thresholds, each in [0, 1] (justified in docs/concepts.md).
 
     ``pattern``: least role pattern score for a candidate; ``effect``: least causal effect (normalised
-    patching) to confirm a role with a task; ``kl_share``: the same without a task (share of the KL of
+    patching) to confirm a role with a task; ``task_shift_floor`` / ``strong_effect``: with a task, a
+    head whose key-row/anchor-row lift (``task_shift``) is below ``pattern`` is still a shift candidate
+    when that lift is at least ``task_shift_floor`` and its ``anchor_move`` effect at least
+    ``strong_effect`` (a soft but above-chance shift that the output depends on); ``kl_share``: the same without a task (share of the KL of
     ablating every head); ``group_effect``: least joint effect of a group; ``kind``: least sink/self score for that kind;
     ``uniform``: least uniform score for kind ``uniform``; ``min_logit_gap``: least clean-vs-corrupt
     logit difference (logits, not in [0, 1]) for patching to count: below it the model does not tell
@@ -100,6 +110,8 @@ class Thresholds:
 
     pattern: float = 0.2
     effect: float = 0.1
+    task_shift_floor: float = 0.05
+    strong_effect: float = 0.3
     kl_share: float = 0.05
     group_effect: float = 0.5
     kind: float = 0.5
@@ -342,8 +354,8 @@ def analyse_heads(
                 for k in ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
                           "last_row_to_pair", "key_column", "anchor_column", "task_shift", "task_broadcast"):
                     scores[k] = float(ts[k][layer, head])
-                if scores["task_shift"] > shift_pat:
-                    shift_pat, offset = scores["task_shift"], int(ts["task_shift_offset"][layer, head])
+                # with a task the shift evidence is the task's own: key row -> anchor (or anchor row -> key)
+                shift_pat, offset = scores["task_shift"], int(ts["task_shift_offset"][layer, head])
                 bc_pat = max(bc_pat, scores["task_broadcast"])
             scores["shift_pattern"], scores["broadcast_pattern"] = shift_pat, bc_pat
             scores["ov_copying"] = float(ov[layer, head])
@@ -364,7 +376,7 @@ def analyse_heads(
             pattern_offset[(layer, head)] = offset
             eff = {role: float(effects[role][layer, head]) for role in pat}
             rec = _decide(layer, head, scores, pat, eff, offset, int(qk_offset[layer, head]), thresholds,
-                          task is not None, location)
+                          task is not None, location, int(ps.shift_offset[layer, head]))
             records.append(rec)
 
     effects_lh = {role: {(layer, head): float(v[layer, head]) for layer in range(cfg.n_layers)
@@ -382,13 +394,21 @@ def analyse_heads(
 
 
 def _decide(layer, head, scores, pat, eff, offset, qk_offset, th: Thresholds, has_task: bool,
-            location: float | None) -> HeadRecord:
+            location: float | None, generic_offset: int = 0) -> HeadRecord:
     name = head_name(layer, head)
     cf_of = (lambda role: ROLE_COUNTERFACTUAL[role]) if has_task else (lambda role: "ablation_kl")
     candidates = [r for r in ("shift", "broadcast") if pat[r] >= th.pattern]
     effect_min = th.effect if has_task else th.kl_share
-    confirmed = [r for r in candidates if eff[r] >= effect_min]
     notes: list[str] = []
+    if has_task and "shift" not in candidates and pat["shift"] >= th.task_shift_floor \
+            and eff["shift"] >= th.strong_effect:
+        candidates.insert(0, "shift")
+        notes.append(
+            f"soft shift: the task rows' lift (task_shift {pat['shift']:.2f}) is below {th.pattern} but above "
+            f"{th.task_shift_floor}, and patching it moves the answer strongly (anchor_move {eff['shift']:.2f} >= "
+            f"{th.strong_effect})"
+        )
+    confirmed = [r for r in candidates if eff[r] >= effect_min]
     if confirmed:
         role = max(confirmed, key=lambda r: pat[r])
         if len(confirmed) == 2 and location is not None and eff["broadcast"] >= effect_min:
@@ -414,6 +434,12 @@ def _decide(layer, head, scores, pat, eff, offset, qk_offset, th: Thresholds, ha
         conf = min(1.0, pat[role] / FULL_EVIDENCE) * _clip01(1.0 - max(eff[role], 0.0) / effect_min)
         return HeadRecord(layer, head, name, "neither", None, "inert", scores, eff[role], cf_of(role),
                           _clip01(conf), None, notes)
+    if has_task and scores["shift"] >= th.pattern and pat["shift"] < th.task_shift_floor:
+        notes.append(
+            f"attends like shift({generic_offset:+d}) in general (shift "
+            f"{scores['shift']:.2f}) but the key row puts no attention on the anchor above chance "
+            f"(task_shift {pat['shift']:.2f} < {th.task_shift_floor}): not the task's shift"
+        )
     max_role = max(pat.values())
     not_role = _clip01(1.0 - max_role / th.pattern) if th.pattern > 0 else 0.0
     kinds = {"sink": scores["sink"], "self": scores["self"]}
@@ -501,4 +527,29 @@ def _find_groups(model, tokens, batch, records, role_pattern, pattern_offset, ef
                 heads = [(layer, h) for h in range(cfg.n_heads) if key is None or pattern_offset[(layer, h)] == key]
                 suffix = "" if key is None else f"_offset{key:+d}"
                 _group_layer(heads, role, f"{role}_L{layer}{suffix}")
+
+    if batch is not None:
+        # heads with no role that still move the answer a little when patched: needed only jointly?
+        for layer in range(cfg.n_layers):
+            members = [(layer, h) for h in range(cfg.n_heads)
+                       if by_name[(layer, h)].label == "neither" and by_name[(layer, h)].group is None
+                       and max(by_name[(layer, h)].scores.get("patch_anchor_move", 0.0),
+                               by_name[(layer, h)].scores.get("patch_key_swap", 0.0)) >= contributes]
+            if len(members) < 2:
+                continue
+            effect = joint(members)
+            singles = {head_name(*h): float(single_effect[h]) for h in members}
+            if not (effect >= th.group_effect and max(singles.values()) < th.group_effect):
+                continue
+            name = f"other_L{layer}"
+            groups.append(HeadGroup(name, "neither", [head_name(*h) for h in members], effect, metric, singles, True))
+            names = ", ".join(head_name(*h) for h in members)
+            for h in members:
+                rec = by_name[h]
+                rec.group = name
+                rec.notes.append(
+                    f"no shift or broadcast role, but needed together with the other heads of group {name} "
+                    f"({names}): mean-ablating them all removes {effect:.0%} ({metric}), this head alone "
+                    f"{singles[head_name(*h)]:.0%}"
+                )
     return groups

@@ -168,3 +168,49 @@ def test_broadcast_split_over_two_heads_is_named_as_a_group(identity_task):
     for r in analysis.records[3:5]:
         assert r.group == "broadcast_L1" and r.causal_effect == pytest.approx(0.5, abs=0.05)
         assert any("together" in n for n in r.notes)
+
+
+def _task_scores(shift, task_shift, self_score, anchor_move):
+    return {"shift": shift, "broadcast": 0.0, "sink": 0.05, "self": self_score, "uniform": 0.5,
+            "task_shift": task_shift, "patch_anchor_move": anchor_move, "patch_key_swap": 0.1,
+            "qk_positional_shift": 0.0}
+
+
+@pytest.mark.parametrize("shift,task_shift,self_score,anchor_move,expected", [
+    # measured on the no-LayerNorm study models (docs/concepts.md section 6b)
+    (0.74, 0.00, 0.60, 0.21, ("neither", None, "self")),   # key-copy head: generic shift, no task shift
+    (0.49, 0.00, 0.43, 0.08, ("neither", None, "other")),  # key-copy head, less self
+    (0.06, 0.09, 0.01, 0.61, ("shift", -1, None)),         # the real, soft shift head (seed 0)
+    (0.06, 0.09, 0.01, 0.25, ("neither", None, "other")),  # soft pattern without a strong effect
+    (0.30, 0.03, 0.01, 0.90, ("neither", None, "other")),  # strong effect but the key row is at chance
+    (0.10, 0.31, 0.62, 0.14, ("shift", -1, None)),         # default-model style: clear task pattern
+])
+def test_with_a_task_the_shift_decision_uses_the_task_rows(shift, task_shift, self_score, anchor_move, expected):
+    from anchor_interp.heads import DEFAULT_THRESHOLDS, _decide
+
+    scores = _task_scores(shift, task_shift, self_score, anchor_move)
+    pat = {"shift": task_shift, "broadcast": 0.0}
+    eff = {"shift": anchor_move, "broadcast": 0.1}
+    rec = _decide(0, 1, scores, pat, eff, -1, -1, DEFAULT_THRESHOLDS, True, None, -1)
+    assert (rec.label, rec.offset, rec.kind) == expected
+    if expected[0] == "shift" and task_shift < DEFAULT_THRESHOLDS.pattern:
+        assert any("soft shift" in n for n in rec.notes)
+    if shift >= 0.2 and task_shift < DEFAULT_THRESHOLDS.task_shift_floor:
+        assert any("not the task's shift" in n for n in rec.notes)
+
+
+def test_roleless_heads_needed_together_form_a_neither_group(identity_task):
+    # the split broadcast with its role taken away (pattern threshold 1.0): the two copies are
+    # role-less, each changes nothing alone, together they carry the answer -> group other_L1
+    model = gt.make_identity_circuit_model(identity_task, split_broadcast=True)
+    analysis = analyse_heads(model, identity_task.sample(128, split="test", seed=405), identity_task, seed=405,
+                             thresholds=Thresholds(pattern=1.0))
+    by = {r.name: r for r in analysis.records}
+    (group,) = [g for g in analysis.groups if g.label == "neither"]
+    assert group.name == "other_L1" and group.needed_together and group.joint_effect > 0.9
+    assert max(group.individual_effects.values()) < 0.05
+    for name in group.heads:
+        assert by[name].label == "neither" and by[name].group == "other_L1"
+        assert any("needed together" in n for n in by[name].notes)
+    assert not any(g.label == "neither" for g in analyse_heads(
+        model, identity_task.sample(128, split="test", seed=405), identity_task, seed=405).groups)

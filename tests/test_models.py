@@ -114,3 +114,16 @@ def test_importing_models_does_not_import_transformer_lens():
            "print('transformer_lens' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_paper_preset_defaults_to_small_init(identity_task):
+    default = make_model("paper", identity_task, seed=0)
+    assert float(default.W_Q.detach().std()) == pytest.approx(400**-0.75, rel=0.05)
+    from_config = make_model(model_config("paper", identity_task), identity_task, seed=0)
+    assert torch.equal(from_config.W_Q, default.W_Q)  # the config keeps its preset's init
+    tl = make_model("paper", identity_task, seed=0, init_gamma=None)
+    assert float(tl.W_Q.detach().std()) == pytest.approx(tl.cfg.initializer_range, rel=0.05)
+    small = make_model("small", identity_task, seed=0)
+    assert torch.equal(small.W_Q, make_model("small", identity_task, seed=0, init_gamma=None).W_Q)
+    with pytest.raises(ValueError, match="init_gamma='big'"):
+        make_model("small", identity_task, seed=0, init_gamma="big")

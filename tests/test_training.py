@@ -290,6 +290,9 @@ def test_train_cli_bad_input(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run_train_cli(["--preset", "huge", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        _run_train_cli(["--init-gamma", "big", "--out", str(tmp_path)])
+    assert "'big': use a number" in capsys.readouterr().err
 
 
 def test_train_cli_help_does_not_import_torch():
