@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) analyses/find_heads.py --force
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check anchor_interp analyses benchmarks tests
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
