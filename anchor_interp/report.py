@@ -104,8 +104,8 @@ def write_report(
             raise FileExistsError(f"would overwrite {', '.join(existing)}; pass overwrite=True (CLI: --force)")
     pngs = {name: figure_png(fig) for name, fig in result_figures(d).items()} if figures else {}
     for name, data in pngs.items():
-        atomic_write_bytes(path.with_name(f"{path.stem}_{name}.png"), data)
-    atomic_write_text(path, render_html(res, pngs))
+        atomic_write_bytes(path.with_name(f"{path.stem}_{name}.png"), data, make_parents=True)
+    atomic_write_text(path, render_html(res, pngs), make_parents=True)
     return path
 
 

@@ -34,6 +34,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from anchor_interp.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("baseline", "find_heads", "ours:patch_head_out", "tl:patch_head_out", "ours:patch_resid_pre",
          "tl:patch_resid_pre")
@@ -190,10 +192,7 @@ def main(argv=None) -> int:
         out = {"command": "python benchmarks/bench_memory.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
                "results": results}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
     return 0
 
 

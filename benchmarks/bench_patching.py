@@ -24,6 +24,8 @@ import statistics
 import sys
 import time
 
+from anchor_interp.atomic import atomic_write_text
+
 os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: transformer_lens.patching's progress bar
 
 
@@ -230,10 +232,7 @@ def main(argv=None) -> int:
         "results": rows,
     }
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n", make_parents=True)
     return 0 if all(r["equal"] for r in rows) else 1
 
 

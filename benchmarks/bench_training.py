@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 import torch
 
 from anchor_interp import training
+from anchor_interp.atomic import atomic_write_text
 from anchor_interp.models import count_parameters, make_model, model_config
 from anchor_interp.tasks import make_task
 
@@ -166,10 +167,7 @@ def main(argv=None) -> int:
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
                "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__,
                "target": args.target, "cap_s": args.cap_s, "summary": table, "runs": runs}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
     return 0
 
 
