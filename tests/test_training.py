@@ -237,6 +237,9 @@ def test_bad_input(identity_task, tmp_path):
 def test_ctrl_c_saves_a_resumable_checkpoint(identity_task, tmp_path, monkeypatch):
     import signal
 
+    # A process started in the background (nohup, some CI runners) inherits SIGINT ignored: start this
+    # test from Python's usual handler, and put the inherited one back afterwards.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     real = training.stacked_forward
     calls = {"n": 0}
 
@@ -251,7 +254,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(identity_task, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt, match="interrupted at step 6"):
         train(tiny_model(identity_task), identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, **TINY)
     assert read_meta(tmp_path)["resume"]["global_step"] == 6  # step 6 finished before stopping
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    restored = signal.signal(signal.SIGINT, inherited)
+    assert restored is signal.default_int_handler  # training put back the handler it found
     monkeypatch.setattr(training, "stacked_forward", real)
     resumed = tiny_model(identity_task)
     train(resumed, identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, resume=True, **TINY)
