@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from anchor_interp.cli import parse_init_gamma  # noqa: E402  (after the path fix)
+
 DEFAULT_SIZES = (200, 300, 400, 500, 600, 800, 1000, 1500)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "identity_curve"
 
@@ -39,22 +41,13 @@ RUN_FIELDS = ("n_train", "seed", "test_acc", "best_test_acc", "train_acc", "trai
               "epochs", "steps", "seconds")
 
 
-def _gamma(text: str):
-    if text in ("preset", "tl"):
-        return None if text == "tl" else "preset"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=("small", "paper", "mechanism"))
     ap.add_argument("--recipe", default="fast", choices=("fast", "paper"))
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes N")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1) per N")
-    ap.add_argument("--init-gamma", type=_gamma, default="preset", metavar="GAMMA|tl|preset",
+    ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|preset",
                     help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
                          "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
     ap.add_argument("--epochs", type=int, help="shorter schedule: the recipe squeezed into this many epochs")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from anchor_interp.cli import parse_init_gamma  # noqa: E402  (after the path fix)
+
 PRESETS = ("small", "paper", "mechanism")  # anchor_interp.models.PRESETS, without importing torch for --help
 RECIPES = ("fast", "paper")  # anchor_interp.training.RECIPES
 
@@ -29,15 +31,6 @@ def _value(text: str):
         except ValueError:
             pass
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
-
-
-def _gamma(text: str):
-    if text in ("preset", "tl"):
-        return None if text == "tl" else "preset"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, help="number of epochs (passes over N sequences)")
     ap.add_argument("--data", choices=("fixed", "fresh"), help="fixed N sequences (default) or fresh every step")
     ap.add_argument("--early-stop", type=float, metavar="ACC", help="stop at this held-out accuracy, e.g. 0.99")
-    ap.add_argument("--init-gamma", type=_gamma, default="preset", metavar="GAMMA|tl|preset",
+    ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|preset",
                     help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
                          "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

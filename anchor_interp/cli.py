@@ -35,6 +35,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {PROG} --help)")
 
 
+
+def parse_init_gamma(text: str):
+    """``--init-gamma`` values: a number (std = d_in^-gamma), ``tl`` (TransformerLens' default
+    initialisation: ``None``) or ``preset`` (the preset's own scale). Raises ArgumentTypeError otherwise."""
+    if text in ("preset", "tl"):
+        return None if text == "tl" else "preset"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
+
 def _nonneg_int(name: str):
     def parse(text: str) -> int:
         try:
