@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anchor_interp.cli import parse_init_gamma  # noqa: E402  (after the path fix)
+from anchor_interp.cli import RECIPE_NAMES, parse_field_value, parse_field_values, parse_init_gamma  # noqa: E402  (after the path fix)
 
 DEFAULT_SIZES = (200, 300, 400, 500, 600, 800, 1000, 1500)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "identity_curve"
@@ -44,7 +44,7 @@ RUN_FIELDS = ("n_train", "seed", "test_acc", "best_test_acc", "train_acc", "trai
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=("small", "paper", "mechanism"))
-    ap.add_argument("--recipe", default="fast", choices=("fast", "paper"))
+    ap.add_argument("--recipe", default="fast", choices=RECIPE_NAMES)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes N")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1) per N")
     ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|preset",
@@ -80,22 +80,13 @@ def squeezed_recipe(name: str, epochs: int | None, overrides: dict):
     return recipe
 
 
-def _value(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_runs(path: Path) -> list[dict]:
     import csv
 
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: parse_field_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_csv(path: Path, rows: list[dict], fields) -> None:
@@ -161,15 +152,12 @@ def main(argv=None) -> int:
     from anchor_interp.training import train_many
 
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, _, val = item.partition("=")
-        overrides[key.strip()] = _value(val.strip())
     try:
+        overrides = parse_field_values(args.set, "--set")
         recipe = squeezed_recipe(args.recipe, args.epochs, overrides)
         device = resolve_device(args.device)
         out = ensure_writable_dir(args.out)
-    except ValueError as e:
+    except (ValueError, argparse.ArgumentTypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # held-out evaluation of k models on n_test sequences costs as much as an epoch at small N: by default

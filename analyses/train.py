@@ -18,19 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anchor_interp.cli import parse_init_gamma  # noqa: E402  (after the path fix)
+from anchor_interp.cli import RECIPE_NAMES, parse_field_values, parse_init_gamma  # noqa: E402  (after the path fix)
 
 PRESETS = ("small", "paper", "mechanism")  # anchor_interp.models.PRESETS, without importing torch for --help
-RECIPES = ("fast", "paper")  # anchor_interp.training.RECIPES
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--task", default="identity", help="task name (anchor_interp.tasks.list_tasks())")
     ap.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter")
     ap.add_argument("--preset", default="small", choices=PRESETS)
-    ap.add_argument("--recipe", default="fast", choices=RECIPES)
+    ap.add_argument("--recipe", default="fast", choices=RECIPE_NAMES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs="+", help="train several seeds together (overrides --seed)")
     ap.add_argument("--n-train", type=int, help="training-set size N (recipe default: 1000)")
@@ -60,13 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     for opt in ("set", "model_set", "task_param"):
-        pairs = {}
-        for item in getattr(args, opt):
-            if "=" not in item:
-                ap.error(f"--{opt.replace('_', '-')} {item!r}: expected FIELD=VALUE")
-            key, val = item.split("=", 1)
-            pairs[key.strip()] = _value(val.strip())
-        setattr(args, opt, pairs)
+        try:
+            setattr(args, opt, parse_field_values(getattr(args, opt), "--" + opt.replace("_", "-")))
+        except argparse.ArgumentTypeError as e:
+            ap.error(str(e))
     return args
 
 

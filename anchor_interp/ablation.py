@@ -77,17 +77,26 @@ def ablation_hooks(
     layers = sorted({layer for layer, _ in heads})
     ref_z: dict[int, Tensor] = {}
     if method in ("mean", "resample"):
-        if reference is None:
-            raise ValueError(f"reference: method={method!r} needs a reference token batch [ref, seq]")
-        _check_tokens(model, reference)
-        names = [f"blocks.{layer}.attn.hook_z" for layer in layers]
-        # Upstream heads are not ablated when collecting the reference: each head's replacement is its
-        # value on the unmodified model.
-        with torch.no_grad():
-            _, cache = model.run_with_cache(reference, names_filter=lambda name: name in names)
-        for layer in layers:
-            ref_z[layer] = cache[f"blocks.{layer}.attn.hook_z"]  # (R, T, H, d_head)
+        ref_z = _reference_z(model, layers, method, reference)
+    return _hooks_from_reference(heads, method, ref_z, seed)
 
+
+def _reference_z(model, layers: list[int], method: str, reference) -> dict[int, Tensor]:
+    """``blocks.{layer}.attn.hook_z`` of the unablated model on ``reference``, per layer: (R, T, H, d_head).
+
+    Upstream heads are not ablated when collecting the reference: each head's replacement is its value
+    on the unmodified model. Raises ValueError for a missing or invalid reference."""
+    if reference is None:
+        raise ValueError(f"reference: method={method!r} needs a reference token batch [ref, seq]")
+    _check_tokens(model, reference)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in layers]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(reference, names_filter=lambda name: name in names)
+    return {layer: cache[f"blocks.{layer}.attn.hook_z"] for layer in layers}
+
+
+def _hooks_from_reference(heads: list[Head], method: str, ref_z: dict[int, Tensor], seed: int):
+    layers = sorted({layer for layer, _ in heads})
     hooks = []
     for layer in layers:
         idx = [h for (lay, h) in heads if lay == layer]
@@ -197,19 +206,32 @@ def per_head_ablation(
     """Ablate each head alone. Returns ``[layer, head]`` tensors ``kl`` (nats), ``accuracy``, ``loss``
     (nan without ``targets``) and the scalars ``base_accuracy``, ``base_loss`` (0-d tensors)."""
     _check_tokens(model, tokens)
+    if positions not in ("last", "all"):
+        raise ValueError(f"positions: must be 'last' or 'all', got {positions!r}")
+    if method not in ABLATION_METHODS:
+        raise ValueError(f"method: unknown ablation method {method!r}; use one of {ABLATION_METHODS}")
     cfg = model.cfg
     kl = torch.zeros(cfg.n_layers, cfg.n_heads)
     acc = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     loss = acc.clone()
-    base = None
-    for layer in range(cfg.n_layers):
-        for head in range(cfg.n_heads):
-            r = ablate(model, tokens, [(layer, head)], targets=targets, method=method, reference=reference,
-                       seed=seed, positions=positions)
-            kl[layer, head], acc[layer, head], loss[layer, head] = r.kl, r.accuracy, r.loss
-            base = r
+    base_acc = base_loss = float("nan")
+    # the same numbers as ablate() per head, with the clean run and the reference cache computed once
+    ref_z = {}
+    if method in ("mean", "resample"):
+        ref_z = _reference_z(model, list(range(cfg.n_layers)), method, tokens if reference is None else reference)
+    with torch.no_grad():
+        clean = model(tokens)  # (B, T, V)
+        if targets is not None:
+            base_acc, base_loss = task_metrics(clean, targets)
+        for layer in range(cfg.n_layers):
+            for head in range(cfg.n_heads):
+                hooks = _hooks_from_reference([(layer, head)], method, ref_z, seed)
+                ablated = model.run_with_hooks(tokens, fwd_hooks=hooks)
+                kl[layer, head] = _kl(clean, ablated, positions)
+                if targets is not None:
+                    acc[layer, head], loss[layer, head] = task_metrics(ablated, targets)
     return {"kl": kl, "accuracy": acc, "loss": loss,
-            "base_accuracy": torch.tensor(base.base_accuracy), "base_loss": torch.tensor(base.base_loss)}
+            "base_accuracy": torch.tensor(base_acc), "base_loss": torch.tensor(base_loss)}
 
 
 @dataclass

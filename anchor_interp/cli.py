@@ -36,6 +36,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 
+RECIPE_NAMES = ("fast", "quick", "paper")  # anchor_interp.training.RECIPES, named here without importing torch
+
+
+def parse_field_value(text: str):
+    """One ``FIELD=VALUE`` value: an int, a float, None / True / False (any case), else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_field_values(items, option: str) -> dict:
+    """``["lr=3e-4", "precision=bf16"]`` -> ``{"lr": 0.0003, "precision": "bf16"}``.
+    Raises ArgumentTypeError naming ``option`` for an item without ``=``."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"{option} {item!r}: expected FIELD=VALUE")
+        key, val = item.split("=", 1)
+        pairs[key.strip()] = parse_field_value(val.strip())
+    return pairs
+
+
 def parse_init_gamma(text: str):
     """``--init-gamma`` values: a number (std = d_in^-gamma), ``tl`` (TransformerLens' default
     initialisation: ``None``) or ``preset`` (the preset's own scale). Raises ArgumentTypeError otherwise."""

@@ -1,10 +1,12 @@
 """Many models at once: k seeds trained as one batched computation vs k separate runs (issue 5.3).
 
     python benchmarks/bench_many_models.py [--preset paper] [--ks 1 4 16] [--steps 3] [--reps 3]
-                                           [--figure-sizes 200 1200 2300] [--json PATH] [--quick]
+                                           [--figure-sizes 200 1200 2300] [--set FIELD=VALUE ...]
+                                           [--json PATH] [--quick]
 
 Part 1, throughput. For each k: ``training.train_many`` on k models (seeds 0..k-1) against k calls of
 ``training.train`` (one model each), the same recipe (default: the authors' ``paper`` recipe, batch 50),
+``--set`` Recipe fields overridden in both (e.g. ``--set precision=bf16 --set fused_adamw=True``),
 ``--steps`` optimizer steps per model (n_train = steps x batch, one epoch, one held-out evaluation of
 ``batch`` sequences at its end). Timed: the whole ``train_many`` / ``train`` calls (data sampling,
 stacking, steps, the evaluation); not timed: building the models. Reported: models x steps per second,
@@ -35,6 +37,7 @@ import torch
 
 from anchor_interp import training
 from anchor_interp.atomic import atomic_write_text
+from anchor_interp.cli import parse_field_values
 from anchor_interp.models import count_parameters, make_model, model_config
 from anchor_interp.tasks import make_task
 
@@ -61,9 +64,9 @@ def time_separate(task, cfg, k, recipe, overrides) -> float:
     return time.perf_counter() - t0
 
 
-def throughput(task, cfg, ks, recipe, steps, reps) -> list[dict]:
-    batch = training.get_recipe(recipe).batch_size
-    overrides = dict(n_train=steps * batch, epochs=1, n_test=batch, eval_every=1, warmup_epochs=0)
+def throughput(task, cfg, ks, recipe, steps, reps, recipe_set: dict) -> list[dict]:
+    batch = training.get_recipe(recipe, **recipe_set).batch_size
+    overrides = dict(recipe_set, n_train=steps * batch, epochs=1, n_test=batch, eval_every=1, warmup_epochs=0)
     rows = []
     for k in ks:
         time_together(task, cfg, 1, recipe, overrides)  # warm-up (allocator, first-call costs)
@@ -80,8 +83,8 @@ def throughput(task, cfg, ks, recipe, steps, reps) -> list[dict]:
     return rows
 
 
-def figure(task, cfg, recipe, sizes, seeds, epochs_short) -> dict:
-    rec = training.get_recipe(recipe)
+def figure(task, cfg, recipe, sizes, seeds, epochs_short, recipe_set: dict) -> dict:
+    rec = training.get_recipe(recipe, **recipe_set)
     runs = []
     real_eval = training.evaluate_stacked
     for n in sizes:
@@ -97,7 +100,7 @@ def figure(task, cfg, recipe, sizes, seeds, epochs_short) -> dict:
         training.evaluate_stacked = timed_eval
         try:
             t0 = time.perf_counter()
-            training.train_many(models, task, recipe, seeds=list(range(seeds)), progress=False, n_train=n,
+            training.train_many(models, task, rec, seeds=list(range(seeds)), progress=False, n_train=n,
                                 epochs=epochs_short)
             wall = time.perf_counter() - t0
         finally:
@@ -131,6 +134,8 @@ def main(argv=None) -> int:
                     help="training-set sizes run for part 2 (none: skip part 2)")
     ap.add_argument("--figure-seeds", type=int, default=FIGURE_SEEDS)
     ap.add_argument("--figure-epochs", type=int, default=1, help="epochs of the shortened schedule")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="Recipe field override, e.g. precision=bf16 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="toy size (< 60 s): d_model 32 small preset, k = 1, 4")
@@ -140,6 +145,11 @@ def main(argv=None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if any(k < 1 for k in args.ks) or any(n < 1 for n in args.figure_sizes):
         ap.error("--ks and --figure-sizes must be positive ints")
+    try:
+        recipe_set = parse_field_values(args.set, "--set")
+        training.get_recipe(args.recipe, **recipe_set)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     task = make_task("identity")
     over = {}
@@ -149,12 +159,12 @@ def main(argv=None) -> int:
         over = {"d_model": 32, "d_head": 8}
     cfg = model_config(args.preset, task, **over)
     n_params = count_parameters(make_model(cfg, task, seed=0))
-    print(f"preset {args.preset} ({n_params} parameters), recipe {args.recipe}; part 1: throughput")
-    rows = throughput(task, cfg, args.ks, args.recipe, args.steps, args.reps)
+    print(f"preset {args.preset} ({n_params} parameters), recipe {args.recipe} {recipe_set or ''}; part 1: throughput")
+    rows = throughput(task, cfg, args.ks, args.recipe, args.steps, args.reps, recipe_set)
     fig = None
     if args.figure_sizes:
         print(f"part 2: the identity figure, shortened to {args.figure_epochs} epoch(s) at N in {args.figure_sizes}")
-        fig = figure(task, cfg, args.recipe, args.figure_sizes, args.figure_seeds, args.figure_epochs)
+        fig = figure(task, cfg, args.recipe, args.figure_sizes, args.figure_seeds, args.figure_epochs, recipe_set)
         h = fig["full_figure_extrapolated_s"] / 3600
         print(f"  measured: {fig['measured_total_s']:.1f} s; {fig['s_per_step']:.3f} s per step of "
               f"{args.figure_seeds} models, {fig['s_per_eval']:.3f} s per evaluation")
@@ -167,7 +177,7 @@ def main(argv=None) -> int:
         out = {"command": "python benchmarks/bench_many_models.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
                "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__, "preset": args.preset,
-               "n_params": n_params, "recipe": args.recipe, "throughput": rows, "figure": fig}
+               "n_params": n_params, "recipe": args.recipe, "recipe_set": recipe_set, "throughput": rows, "figure": fig}
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
     return 0
 

@@ -1,12 +1,14 @@
 """Time to accuracy: wall time until held-out accuracy first reaches 99% on identity learning (issue 5.2).
 
-    python benchmarks/bench_training.py [--cases paper:fast paper:paper small:fast] [--seeds 0]
+    python benchmarks/bench_training.py [--cases paper:paper paper:quick ...] [--seeds 0 1 2]
                                         [--target 0.99] [--cap-s 240] [--json PATH] [--quick]
 
-Each case is ``preset:recipe`` run by our trainer (``anchor_interp.training.train``) on identity learning
-with N = 1000 fixed training sequences (``n_train=1000``), the recipe's own batch size, schedule and
-held-out set (fast: 1000 sequences, paper: 500), held-out accuracy evaluated after **every epoch**, and
-``early_stop_acc=target``, so the run stops at the first evaluation at or above the target.
+Each case is ``preset:recipe`` or ``preset:recipe:field=value,...`` (Recipe fields overridden, e.g.
+``paper:quick:precision=fp32,fused_adamw=False``) run by our trainer (``anchor_interp.training.train``)
+on identity learning with N = 1000 fixed training sequences (``n_train=1000``), the recipe's own batch
+size, schedule, precision and held-out set (fast: 1000 sequences, paper and quick: 500), held-out
+accuracy evaluated in float32 after **every epoch**, and ``early_stop_acc=target``, so the run stops at
+the first evaluation at or above the target.
 
 Reported per case (median over ``--seeds``, one run each): wall seconds of the ``train`` call until the
 crossing (data sampling + training + the per-epoch evaluations), the same minus the time spent in the
@@ -33,10 +35,13 @@ import torch
 
 from anchor_interp import training
 from anchor_interp.atomic import atomic_write_text
+from anchor_interp.cli import parse_field_values
 from anchor_interp.models import count_parameters, make_model, model_config
 from anchor_interp.tasks import make_task
 
-DEFAULT_CASES = ("paper:fast", "paper:paper", "small:fast")
+DEFAULT_CASES = ("paper:paper", "paper:quick", "paper:quick:precision=fp32,fused_adamw=False",
+                 "paper:paper:precision=bf16,fused_adamw=True", "small:quick")
+BASELINE = "paper:paper"
 
 
 class _TimeCap(Exception):
@@ -47,8 +52,26 @@ def _alarm(signum, frame):
     raise _TimeCap()
 
 
+def parse_case(case: str) -> tuple[str, str, dict]:
+    """``preset:recipe[:field=value,...]`` -> (preset, recipe, recipe overrides); ValueError if malformed."""
+    parts = case.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("small", "paper", "mechanism") or parts[1] not in training.RECIPES:
+        raise ValueError(f"--cases entry {case!r}: use preset:recipe[:field=value,...] with preset in "
+                         f"small/paper/mechanism and recipe in {sorted(training.RECIPES)}")
+    try:
+        overrides = parse_field_values(parts[2].split(",") if len(parts) == 3 else [], f"--cases entry {case!r}:")
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(str(e)) from None
+    try:
+        training.get_recipe(parts[1], **overrides)  # unknown fields / bad values raise ValueError here
+    except ValueError as e:
+        raise ValueError(f"--cases entry {case!r}: {e}") from None
+    return parts[0], parts[1], overrides
+
+
 def run_case(preset: str, recipe: str, seed: int, target: float, cap_s: float, n_train: int,
-             model_overrides: dict | None = None, max_epochs: int | None = None) -> dict:
+             model_overrides: dict | None = None, max_epochs: int | None = None,
+             recipe_overrides: dict | None = None) -> dict:
     """One training run; returns timings and the accuracy trace (one row per evaluation)."""
     task = make_task("identity")
     cfg = model_config(preset, task, **(model_overrides or {}))
@@ -64,7 +87,7 @@ def run_case(preset: str, recipe: str, seed: int, target: float, cap_s: float, n
         evals.append({"wall_s": e1 - t0, "eval_s": e1 - e0, "test_acc": rows[0]["test_acc"] or 0.0})
         return rows
 
-    overrides = dict(n_train=n_train, eval_every=1, early_stop_acc=target)
+    overrides = dict(recipe_overrides or {}, n_train=n_train, eval_every=1, early_stop_acc=target)
     if max_epochs is not None:
         overrides["epochs"] = max_epochs
     training.evaluate_stacked = timed_eval  # the loop looks it up in the module at every epoch
@@ -113,32 +136,33 @@ def main(argv=None) -> int:
         ap.error(f"--target must be in (0, 1]; got {args.target}")
     if args.cap_s <= 0:
         ap.error(f"--cap-s must be > 0 seconds; got {args.cap_s}")
-    cases = []
+    if args.quick:
+        args.cases, args.cap_s = ["small:paper", "small:quick", "small:quick:precision=fp32"], 10.0
+    cases = {}
     for c in args.cases:
-        preset, _, recipe = c.partition(":")
-        if preset not in ("small", "paper", "mechanism") or recipe not in training.RECIPES:
-            ap.error(f"--cases entry {c!r}: use preset:recipe with preset in small/paper/mechanism and "
-                     f"recipe in {sorted(training.RECIPES)}")
-        cases.append((preset, recipe))
+        try:
+            cases[c] = parse_case(c)
+        except ValueError as e:
+            ap.error(str(e))
     torch.set_num_threads(args.threads)
     overrides, max_epochs = None, None
     if args.quick:
-        cases, args.cap_s, max_epochs = [("small", "fast"), ("small", "paper")], 10.0, 3
-        overrides = {"d_model": 32, "d_head": 8}
+        max_epochs, overrides = 3, {"d_model": 32, "d_head": 8}
 
     runs = []
-    for preset, recipe in cases:
-        for seed in args.seeds:
-            r = run_case(preset, recipe, seed, args.target, args.cap_s, args.n_train, overrides, max_epochs)
+    for seed in args.seeds:  # seeds outermost: the cases of one seed run back to back, under similar load
+        for case, (preset, recipe, rec_over) in cases.items():
+            r = run_case(preset, recipe, seed, args.target, args.cap_s, args.n_train, overrides, max_epochs, rec_over)
+            r["case"] = case
             runs.append(r)
-            print(f"  {preset}:{recipe} seed {seed}: {'reached' if r['reached'] else 'NOT reached'} "
+            print(f"  {case} seed {seed}: {'reached' if r['reached'] else 'NOT reached'} "
                   f"at epoch {r['epochs']}, {r['wall_s']:.1f} s (eval {r['eval_s']:.1f} s), best {r['best_acc']:.3f}",
                   flush=True)
 
-    def summary(preset, recipe):
-        rs = [r for r in runs if (r["preset"], r["recipe"]) == (preset, recipe)]
+    def summary(case):
+        rs = [r for r in runs if r["case"] == case]
         return {
-            "case": f"{preset}:{recipe}", "n_params": rs[0]["n_params"], "runs": len(rs),
+            "case": case, "n_params": rs[0]["n_params"], "runs": len(rs),
             "reached": sum(r["reached"] for r in rs),
             "wall_s": statistics.median(r["wall_s"] for r in rs),
             "train_s": statistics.median(r["train_s"] for r in rs),
@@ -147,18 +171,18 @@ def main(argv=None) -> int:
             "best_acc": statistics.median(r["best_acc"] for r in rs),
         }
 
-    table = [summary(p, r) for p, r in cases]
-    base = next((s for s in table if s["case"] == "paper:paper"), None)
+    table = [summary(c) for c in cases]
+    base = next((s for s in table if s["case"] == BASELINE), None)
     print(f"\ntarget: held-out accuracy >= {args.target} on identity, N = {args.n_train}; "
           f"cap {args.cap_s:.0f} s; medians over seeds {args.seeds}")
-    print(f"{'case':<14}{'params':>10}{'reached':>9}{'epochs':>8}{'wall s':>9}{'train s':>9}{'s/epoch':>9}"
+    print(f"{'case':<46}{'params':>10}{'reached':>9}{'epochs':>8}{'wall s':>9}{'train s':>9}{'s/epoch':>9}"
           f"{'best acc':>9}{'speed-up':>10}")
     for s in table:
         ratio = ""
         if base is not None and s is not base and s["reached"] == s["runs"]:
             ratio = (">=" if base["reached"] < base["runs"] else "") + f"{base['wall_s'] / s['wall_s']:.1f}x"
         cap = "" if s["reached"] == s["runs"] else " (not all reached)"
-        print(f"{s['case']:<14}{s['n_params']:>10}{s['reached']:>5}/{s['runs']:<3}{s['epochs']:>8.0f}"
+        print(f"{s['case']:<46}{s['n_params']:>10}{s['reached']:>5}/{s['runs']:<3}{s['epochs']:>8.0f}"
               f"{s['wall_s']:>9.1f}{s['train_s']:>9.1f}{s['s_per_epoch']:>9.2f}{s['best_acc']:>9.3f}{ratio:>10}{cap}")
     print(f"load average {os.getloadavg()[0]:.2f} (2 cores, shared); torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)")

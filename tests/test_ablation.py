@@ -59,6 +59,27 @@ def test_per_head_kl_ranks_copying_heads_above_uniform_and_decoy(gt_model, gt_to
     assert (kl[:5] > 0.05).all()
 
 
+@pytest.mark.parametrize("method", A.ABLATION_METHODS)
+def test_per_head_ablation_equals_ablating_each_head_alone(default_model, method):
+    """per_head_ablation reuses one clean run and one reference cache: the numbers of ablate() per head."""
+    from anchor_interp.tasks import make_task
+
+    default_model = default_model[0]  # zoo.load -> (model, meta)
+    b = make_task("identity").sample(48, split="test", seed=2)
+    ref = make_task("identity").sample(32, split="test", seed=3).tokens
+    r = A.per_head_ablation(default_model, b.tokens, targets=b.targets, method=method, reference=ref, seed=1)
+    for layer in range(default_model.cfg.n_layers):
+        for head in range(default_model.cfg.n_heads):
+            one = A.ablate(default_model, b.tokens, [(layer, head)], targets=b.targets, method=method,
+                           reference=ref, seed=1)
+            assert float(r["kl"][layer, head]) == pytest.approx(one.kl, abs=1e-7)
+            assert float(r["accuracy"][layer, head]) == one.accuracy
+            assert float(r["loss"][layer, head]) == pytest.approx(one.loss, abs=1e-6)
+    assert float(r["base_accuracy"]) == one.base_accuracy
+    with pytest.raises(ValueError, match="unknown ablation method 'median'"):
+        A.per_head_ablation(default_model, b.tokens, method="median")
+
+
 def test_task_metrics_ignore_rows_without_target():
     logits = torch.zeros(3, 2, 5)
     logits[0, -1, 1] = logits[1, -1, 2] = logits[2, -1, 3] = 5.0

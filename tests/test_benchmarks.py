@@ -26,16 +26,29 @@ def test_bench_training_quick(tmp_path):
     out = tmp_path / "t.json"
     assert load("bench_training").main(["--quick", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert [s["case"] for s in d["summary"]] == ["small:fast", "small:paper"]
+    assert [s["case"] for s in d["summary"]] == ["small:paper", "small:quick", "small:quick:precision=fp32"]
+    assert [r["recipe_fields"]["precision"] for r in d["runs"]] == ["fp32", "bf16", "fp32"]
     for r in d["runs"]:
         assert r["epochs"] == len(r["trace"]) >= 1  # one held-out evaluation per epoch
         assert 0 <= r["eval_s"] <= r["wall_s"] and 0.0 <= r["best_acc"] <= 1.0
         assert r["reached"] == (r["best_acc"] >= d["target"])
 
 
-def test_bench_training_rejects_bad_case():
+@pytest.mark.parametrize("case", ["paper-fast", "paper:fast:lr", "paper:fast:precision=fp16", "paper:fast:lr_max=1"])
+def test_bench_training_rejects_bad_case(case, capsys):
     with pytest.raises(SystemExit):
-        load("bench_training").main(["--cases", "paper-fast"])
+        load("bench_training").main(["--cases", case])
+    assert case in capsys.readouterr().err
+
+
+def test_bench_precision_quick(tmp_path):
+    out = tmp_path / "p.json"
+    assert load("bench_precision").main(["--quick", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    (mm,) = d["matmul"]
+    assert set(mm["gflops"]) == {"fp32", "bf16"} and min(mm["gflops"].values()) > 0
+    assert [r["case"] for r in d["steps"]] == ["small: training step, batch 50", "small: AdamW update"]
+    assert set(d["steps"][1]["speedup"]) == {"fused"}
 
 
 def test_bench_many_models_quick(tmp_path):

@@ -215,3 +215,17 @@ def test_existing_figure_blocks_the_run_before_any_work(capsys, tmp_path):
     rc, _, err = _run(capsys, "--report", str(tmp_path / "r.html"))
     assert rc == 2 and "r_history.png" in _one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r_history.png"]  # no JSON written either
+
+
+def test_torch_free_recipe_names_and_field_values_match_the_trainer():
+    import argparse
+
+    from anchor_interp import training
+    from anchor_interp.cli import RECIPE_NAMES, parse_field_values
+
+    assert sorted(RECIPE_NAMES) == sorted(training.RECIPES)
+    got = parse_field_values(["lr=3e-4", "epochs=5", "precision=bf16", "fused_adamw=True", "grad_clip=none"], "--set")
+    assert got == {"lr": 3e-4, "epochs": 5, "precision": "bf16", "fused_adamw": True, "grad_clip": None}
+    assert training.get_recipe("fast", **got).fused_adamw is True
+    with pytest.raises(argparse.ArgumentTypeError, match="--set 'lr': expected FIELD=VALUE"):
+        parse_field_values(["lr"], "--set")

@@ -107,17 +107,18 @@ def test_per_model_gradient_clipping(identity_task):
     assert float(after[1]) == pytest.approx(min(1.0, float(norms[1])), rel=1e-4)
 
 
-def test_resume_mid_epoch_gives_identical_weights(identity_task, tmp_path):
+@pytest.mark.parametrize("recipe", ["fast", "quick"])  # quick: bf16 mixed precision + fused AdamW
+def test_resume_mid_epoch_gives_identical_weights(identity_task, tmp_path, recipe):
     full = tiny_model(identity_task)
-    r_full = train(full, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "full", **TINY)
+    r_full = train(full, identity_task, recipe, seed=1, progress=False, out_dir=tmp_path / "full", **TINY)
     part = tiny_model(identity_task)
-    r_part = train(part, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run",
+    r_part = train(part, identity_task, recipe, seed=1, progress=False, out_dir=tmp_path / "run",
                    stop_after_step=6, **TINY)  # step 6 = middle of epoch 2 (4 steps per epoch)
     assert r_part.step == 6
     meta = read_meta(tmp_path / "run")
     assert meta["resume"]["global_step"] == 6 and (tmp_path / "run" / "optimizer.safetensors").exists()
     fresh = tiny_model(identity_task, seed=99)  # resumed weights come from the checkpoint, not this init
-    r_res = train(fresh, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run", resume=True, **TINY)
+    r_res = train(fresh, identity_task, recipe, seed=1, progress=False, out_dir=tmp_path / "run", resume=True, **TINY)
     assert r_res.step == r_full.step == 12
     for n, p in weights(full).items():
         assert torch.equal(weights(fresh)[n], p), n
@@ -222,6 +223,8 @@ def test_bad_input(identity_task, tmp_path):
         train(m, identity_task, "fast", seed=0, lr_max=1.0)
     with pytest.raises(ValueError, match="data='random'"):
         get_recipe("fast", data="random")
+    with pytest.raises(ValueError, match="precision='fp16'.*'fp32', 'bf16'"):
+        get_recipe("fast", precision="fp16")
     with pytest.raises(ValueError, match="different config"):
         train_many([m, make_model("small", identity_task, seed=0)], identity_task, seeds=[0, 1])
     with pytest.raises(ValueError, match="one int per model"):
@@ -350,3 +353,60 @@ def test_history_train_metrics_cover_the_rows_epoch_only(identity_task):
     assert [r["epoch"] for r in sparse.history] == [3]
     last, only = every.history[-1], sparse.history[-1]
     assert (only["train_loss"], only["train_acc"], only["test_acc"]) == (last["train_loss"], last["train_acc"], last["test_acc"])
+
+
+def test_quick_recipe_mixed_precision_learns_deterministically(identity_task):
+    """bf16 autocast in the training steps: weights stay float32, the loss falls, same seed same bits."""
+    assert RECIPES["quick"].precision == "bf16" and RECIPES["quick"].fused_adamw
+    m1, m2 = tiny_model(identity_task), tiny_model(identity_task)
+    r1 = train(m1, identity_task, "quick", seed=5, progress=False, **TINY)
+    train(m2, identity_task, "quick", seed=5, progress=False, **TINY)
+    assert all(p.dtype == torch.float32 for p in m1.parameters())
+    assert r1.history[-1]["train_loss"] < r1.history[0]["train_loss"] - 1.0
+    for n, p in weights(m1).items():
+        assert torch.equal(p, weights(m2)[n]), n
+    m3 = tiny_model(identity_task)  # the same recipe in fp32 takes other (nearby) steps
+    train(m3, identity_task, "quick", seed=5, progress=False, precision="fp32", **TINY)
+    assert not torch.equal(m3.W_Q, m1.W_Q)
+    assert r1.recipe["precision"] == "bf16"
+
+
+def test_fused_adamw_matches_the_unfused_update(identity_task):
+    ms = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    opts, params = [], []
+    for fused in (False, True):
+        ps = {n: t.clone().requires_grad_(True) for n, t in stack_models(ms).items()}
+        params.append(ps)
+        opts.append(training.StackedAdamW(ps, get_recipe("fast", fused_adamw=fused, weight_decay=0.1)))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        grads = {n: torch.randn(p.shape, generator=gen) for n, p in params[0].items()}
+        for ps, opt in zip(params, opts, strict=True):
+            for n, p in ps.items():
+                p.grad = grads[n].clone()
+            opt.step(1e-2 * (step + 1))
+    assert opts[1].step_count == 5
+    for n in params[0]:
+        torch.testing.assert_close(params[1][n], params[0][n], atol=1e-6, rtol=1e-6, msg=n)
+        torch.testing.assert_close(opts[1].exp_avg_sq[n], opts[0].exp_avg_sq[n], atol=1e-9, rtol=1e-5)
+
+
+def test_resume_a_checkpoint_written_before_new_recipe_fields(identity_task, tmp_path):
+    """A checkpoint whose recipe lacks fields added later (precision, fused_adamw) resumes with their defaults."""
+    import json
+
+    part = tiny_model(identity_task)
+    train(part, identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run", stop_after_step=6, **TINY)
+    meta_path = tmp_path / "run" / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    for field_name in ("precision", "fused_adamw"):
+        del meta["recipe"][field_name]
+    meta_path.write_text(json.dumps(meta))
+    r = train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run",
+              resume=True, **TINY)
+    assert r.step == 12
+    with pytest.raises(CheckpointError, match="fields differ: \\['precision'\\]"):
+        train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
+              stop_after_step=6, **TINY)
+        train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
+              resume=True, precision="bf16", **TINY)
