@@ -23,23 +23,21 @@ sum over the 22 sizes of 4000 x (ceil(N / 50) x step + evaluation).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
 from anchor_interp import training
-from anchor_interp.atomic import atomic_write_text
 from anchor_interp.cli import parse_field_values
 from anchor_interp.models import count_parameters, make_model, model_config
 from anchor_interp.tasks import make_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
+from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
 FIGURE_SIZES = tuple(range(200, 2301, 100))  # 22 sizes; 4000 x 10 x sum = 1.1e9 sequences
 FIGURE_SEEDS, FIGURE_EPOCHS = 10, 4000
@@ -171,14 +169,10 @@ def main(argv=None) -> int:
         print(f"  EXTRAPOLATED full figure (22 sizes x {FIGURE_SEEDS} seeds x {FIGURE_EPOCHS} epochs, "
               f"{fig['full_figure_sequences']:.2e} sequences, {fig['full_figure_batched_steps']} batched steps): "
               f"{h:,.0f} h = {h / 24:,.1f} days on this machine")
-    print(f"load average {os.getloadavg()[0]:.2f} (2 cores, shared); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)")
+    print(machine_line())
     if args.json:
-        out = {"command": "python benchmarks/bench_many_models.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__, "preset": args.preset,
-               "n_params": n_params, "recipe": args.recipe, "recipe_set": recipe_set, "throughput": rows, "figure": fig}
-        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
+        write_json(args.json, "bench_many_models.py", argv, preset=args.preset, n_params=n_params, recipe=args.recipe,
+                   recipe_set=recipe_set, throughput=rows, figure=fig)
     return 0
 
 

@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-from anchor_interp.atomic import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
+from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("baseline", "find_heads", "ours:patch_head_out", "tl:patch_head_out", "ours:patch_resid_pre",
@@ -187,12 +185,9 @@ def main(argv=None) -> int:
               f"{summarise_caches(r['caches'], r['full_cache_mib_per_row'])}", flush=True)
     names = sorted({n for r in results for c in r["caches"] for n in c["names"]})
     print(f"hooks ever cached: {names}")
-    print(f"patching batch {args.batch}; load average {os.getloadavg()[0]:.2f}; {platform.platform()}")
+    print(f"patching batch {args.batch}; {machine_line()}")
     if args.json:
-        out = {"command": "python benchmarks/bench_memory.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-               "results": results}
-        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
+        write_json(args.json, "bench_memory.py", argv, results=results)
     return 0
 
 

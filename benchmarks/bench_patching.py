@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
-from anchor_interp.atomic import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
+from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
 os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: transformer_lens.patching's progress bar
 
@@ -218,21 +219,10 @@ def main(argv=None) -> int:
                 + (f"  peak RSS rise: ours {r['ours_peak_rise_mib']:.1f} MiB, TL {r['tl_peak_rise_mib']:.1f} MiB"
                    if args.memory else "")
             )
-    out = {
-        "benchmark": "patching",
-        "model": desc,
-        "pairs": pairs,
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "reps": args.reps,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": "python " + " ".join(sys.argv),
-        "results": rows,
-    }
+    print(machine_line())
     if args.json:
-        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n", make_parents=True)
+        write_json(args.json, "bench_patching.py", argv, benchmark="patching", model=desc, pairs=pairs,
+                   reps=args.reps, results=rows)
     return 0 if all(r["equal"] for r in rows) else 1
 
 

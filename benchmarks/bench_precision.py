@@ -17,22 +17,20 @@ Three measurements, each float32 against its alternative in the same run, median
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from anchor_interp import training
-from anchor_interp.atomic import atomic_write_text
 from anchor_interp.models import make_model, model_config
 from anchor_interp.tasks import make_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
+from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
 
 def _median_ms(fn, reps: int, inner: int) -> list[float]:
@@ -116,14 +114,9 @@ def main(argv=None) -> int:
         print(f"     {r['case']}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["gflops"].items()))
     print("2-3. training step and optimizer update")
     steps = [row for preset in args.presets for row in preset_rows(preset, args.reps, over)]
-    print(f"load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores, shared); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)")
+    print(machine_line())
     if args.json:
-        out = {"command": "python benchmarks/bench_precision.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__,
-               "matmul": mm, "steps": steps}
-        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n", make_parents=True)
+        write_json(args.json, "bench_precision.py", argv, matmul=mm, steps=steps)
     return 0
 
 

@@ -74,3 +74,13 @@ def test_bench_memory_quick(tmp_path):
     assert r["caches"], "the sweep's activation cache was not seen"
     for c in r["caches"]:  # only the hooks the sweep needs, never the model's full cache
         assert 0 < c["hooks"] < c["hook_points"]
+
+
+def test_bench_patching_small_run(tmp_path):
+    """One repetition at batch 4: both sweeps run, equal TransformerLens's outputs, and the JSON says how."""
+    out = tmp_path / "p.json"
+    assert load("bench_patching").main(["--batch", "4", "--reps", "1", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["command"].startswith("python benchmarks/bench_patching.py --batch 4") and d["cpus"] >= 1
+    assert [r["sweep"] for r in d["results"]] == ["head_out_by_pos", "resid_pre"]
+    assert all(r["equal"] and r["max_abs_diff"] <= 1e-5 for r in d["results"])
