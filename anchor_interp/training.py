@@ -348,22 +348,32 @@ class StackedAdamW:
         return norms
 
     @torch.no_grad()
-    def step(self, lr: float) -> None:
+    def step(self, lr: float | Tensor) -> None:
+        """One AdamW update with learning rate ``lr``: a float, or a (k,) tensor, one per stacked model
+        (models at different points of their schedules; always the unfused update)."""
         self._step_count += 1
+        per_model = isinstance(lr, Tensor)
         if self._fused is not None:
-            self._fused.param_groups[0]["lr"] = lr
-            self._fused.step()
-            return
+            if not per_model:
+                self._fused.param_groups[0]["lr"] = lr
+                self._fused.step()
+                return
+            for st in self._fused.state.values():  # keep the fused kernel's own count in step
+                st["step"].fill_(self._step_count)
         b1, b2 = self.r.beta1, self.r.beta2
         bc1 = 1 - b1**self._step_count
         bc2_sqrt = math.sqrt(1 - b2**self._step_count)
         for n, p in self.params.items():
             g = p.grad
-            p.mul_(1 - lr * self.r.weight_decay)
+            lr_p = lr.view((-1,) + (1,) * (p.ndim - 1)) if per_model else lr  # (k, 1, ...) or a float
+            p.mul_(1 - lr_p * self.r.weight_decay)
             self.exp_avg[n].lerp_(g, 1 - b1)
             self.exp_avg_sq[n].mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (self.exp_avg_sq[n].sqrt() / bc2_sqrt).add_(self.r.adam_eps)
-            p.addcdiv_(self.exp_avg[n], denom, value=-lr / bc1)
+            if per_model:
+                p.sub_(self.exp_avg[n] / denom * (lr_p / bc1))
+            else:
+                p.addcdiv_(self.exp_avg[n], denom, value=-lr / bc1)
 
     def state_slice(self, i: int) -> dict[str, Tensor]:
         out = {f"exp_avg.{n}": t[i] for n, t in self.exp_avg.items()}
@@ -498,7 +508,10 @@ def train_many(
     ``resume``: continue from the checkpoints in out_dirs (they must exist and match task, recipe and
     seed). ``stop_after_step``: save a checkpoint after that many steps and return (an interruption,
     possibly mid-epoch). ``checkpoint_every_steps``: also checkpoint every that many steps.
-    ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``.
+    ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``; ``n_train`` may be a list
+    with one training-set size per model (each model then keeps its own epochs, schedule position and
+    evaluations; see docs/models.md). A model that stops (early stop, or the end of its schedule while
+    others train on) leaves the batched computation.
     Raises ValueError on bad input (mismatched configs, unknown recipe, unwritable folder, resume of
     another task), TrainingDiverged when a loss becomes non-finite.
     """
@@ -507,10 +520,18 @@ def train_many(
     from anchor_interp import checkpoint as ckpt
     from anchor_interp.models import check_config_for_task, resolve_device
 
-    rec = get_recipe(recipe, **recipe_overrides)
     if not models:
         raise ValueError("models must be a non-empty list of HookedTransformers")
     k = len(models)
+    n_each = recipe_overrides.pop("n_train", None)
+    if isinstance(n_each, (list, tuple)):
+        if len(n_each) != k:
+            raise ValueError(f"n_train must be an int or one int per model ({k}); got {len(n_each)} sizes")
+        recs = [get_recipe(recipe, **recipe_overrides, n_train=n) for n in n_each]
+    else:
+        over = recipe_overrides if n_each is None else {**recipe_overrides, "n_train": n_each}
+        recs = [get_recipe(recipe, **over)] * k
+    rec = recs[0]  # every field but n_train is shared
     if len(seeds) != k:
         raise ValueError(f"seeds must have one int per model ({k}); got {len(seeds)}")
     if out_dirs is not None and len(out_dirs) != k:
@@ -531,30 +552,58 @@ def train_many(
     opt = StackedAdamW(params, rec)
 
     # data: each model its own fixed training set and held-out set (seeded by its own seed)
+    B = rec.batch_size
     if rec.data == "fixed":
-        train = [_sample_train(task, rec.n_train, derive_seed(s, TRAIN_DATA), dev) for s in seeds]
-        n_rows = {t[0].shape[0] for t in train}
-        if len(n_rows) != 1:
-            raise ValueError("the training sets differ in size (masked groups removed); use data='fresh'")
-        n_train = n_rows.pop()
-        train_tokens = torch.stack([t[0] for t in train])  # (k, N, T)
-        train_targets = torch.stack([t[1] for t in train])  # (k, N)
+        train = [_sample_train(task, r.n_train, derive_seed(s, TRAIN_DATA), dev) for r, s in zip(recs, seeds, strict=True)]
+        n_rows = [t[0].shape[0] for t in train]  # masked groups removed: may be below n_train
+        n_max = max(n_rows)
+        train_tokens = torch.zeros(k, n_max, task.seq_len, dtype=torch.long, device=dev)  # (k, N_max, T)
+        train_targets = torch.zeros(k, n_max, dtype=torch.long, device=dev)  # (k, N_max); rows >= n_i unused
+        for i, (tok_i, tgt_i, _) in enumerate(train):
+            train_tokens[i, : n_rows[i]], train_targets[i, : n_rows[i]] = tok_i, tgt_i
     else:
-        n_train = rec.n_train
+        n_rows = [r.n_train for r in recs]
     test = [task.sample(rec.n_test, split="test", seed=derive_seed(s, TEST_DATA), device=dev) for s in seeds]
     test_tokens, test_targets, test_group = _stack_batches(test)
-    steps_per_epoch = math.ceil(n_train / rec.batch_size)
-    total_steps = rec.epochs * steps_per_epoch
+    spe = [math.ceil(n / B) for n in n_rows]  # steps per epoch, per model
+    total = [rec.epochs * s for s in spe]
 
     histories: list[list[dict]] = [[] for _ in range(k)]
-    done = [False] * k
-    snapshots: dict[int, dict] = {}  # model index -> {"params", "opt", "step", "epoch"} frozen at early stop
+    done = [False] * k  # frozen: stopped early, or at the end of its schedule
+    early = [False] * k  # stopped early (reached early_stop_acc)
+    snapshots: dict[int, dict] = {}  # model index -> {"params", "opt", "step", "epoch"} frozen when it stopped
     step = 0
-    acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
+    acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev),
+           "n": torch.zeros(k, dtype=torch.long, device=dev)}
     elapsed0 = 0.0
 
     if resume:
-        step, elapsed0 = _load_resume(out_dirs, task, rec, seeds, params, opt, histories, done, snapshots, acc, dev)
+        step, elapsed0 = _load_resume(out_dirs, task, recs, seeds, params, opt, histories, done, early, snapshots,
+                                      acc, dev)
+
+    # the stack holds the models still training; slots[j] = the model index of stacked row j
+    slots = list(range(k))
+
+    def compact() -> None:
+        nonlocal params, opt, slots, train_tok_s, train_tgt_s, bad_step
+        keep = [j for j, i in enumerate(slots) if not done[i]]
+        if len(keep) == len(slots):
+            return
+        if not keep:  # every model has stopped: the loop ends, results come from the snapshots
+            slots = []
+            return
+        sel = torch.tensor(keep, dtype=torch.long, device=dev)
+        slices = [opt.state_slice(j) for j in keep]
+        count = opt.step_count
+        params = {n: t.detach()[sel].clone().requires_grad_(True) for n, t in params.items()}
+        opt = StackedAdamW(params, rec)
+        for jj, sl in enumerate(slices):
+            opt.load_slice(jj, sl)
+        opt.step_count = count
+        if rec.data == "fixed":
+            train_tok_s, train_tgt_s = train_tok_s[sel], train_tgt_s[sel]
+        bad_step = bad_step[sel]
+        slots = [slots[j] for j in keep]
 
     def save(i: int, resume_state: bool) -> None:
         if out_dirs is None:
@@ -563,121 +612,175 @@ def train_many(
             snap = snapshots[i]
             p_i, o_i, s_i, e_i = snap["params"], snap["opt"], snap["step"], snap["epoch"]
         else:
-            p_i = {n: t[i] for n, t in params.items()}
-            o_i = opt.state_slice(i)
-            s_i, e_i = step, step // steps_per_epoch
+            j = slots.index(i)
+            p_i = {n: t[j] for n, t in params.items()}
+            o_i = opt.state_slice(j)
+            s_i, e_i = step, step // spe[i]
         resume_info = {
             "global_step": step,
             "optimizer_step": opt.step_count,
             "done": done[i],
+            "stopped_early": early[i],
             "epoch_loss_sum": float(acc["loss"][i]),
             "epoch_correct": float(acc["correct"][i]),
-            "epoch_n": int(acc["n"]),
+            "epoch_n": int(acc["n"][i]),
             "elapsed_s": elapsed0 + time.perf_counter() - t0,
             "frozen_step": s_i,
             "frozen_optimizer_step": snapshots[i]["opt_step"] if i in snapshots else opt.step_count,
         }
         ckpt.save_checkpoint(
-            out_dirs[i], models[i], task, preset=preset, recipe=rec.to_dict(), seed=seeds[i], step=s_i,
-            epoch=e_i, n_train=n_train, history=histories[i], params=p_i,
+            out_dirs[i], models[i], task, preset=preset, recipe=recs[i].to_dict(), seed=seeds[i], step=s_i,
+            epoch=e_i, n_train=n_rows[i], history=histories[i], params=p_i,
             optimizer_tensors=o_i if resume_state else None, resume=resume_info if resume_state else None,
         )
         if not resume_state:
             write_history(histories[i], out_dirs[i])
 
+    def freeze(j: int, i: int, stopped_early: bool) -> None:
+        done[i], early[i] = True, stopped_early
+        snapshots[i] = {"params": {n: t[j].detach().clone() for n, t in params.items()},
+                        "opt": {n: t.clone() for n, t in opt.state_slice(j).items()},
+                        "opt_step": opt.step_count, "step": step, "epoch": step // spe[i]}
+
+    def epoch_order(i: int, epoch: int) -> Tensor:
+        if orders.get(i, (None,))[0] != epoch:
+            gen = torch.Generator().manual_seed(derive_seed(seeds[i], EPOCH_ORDER, epoch))
+            orders[i] = (epoch, torch.randperm(n_rows[i], generator=gen).to(dev))
+        return orders[i][1]
+
+    def end_of_epochs(ended: list[tuple[int, int]], lrs: list[float], last_good: int | None) -> int | None:
+        """Evaluate, early-stop, schedule-end and checkpoint the (slot, model) pairs whose epoch ended at
+        ``step``; returns the step of the last good checkpoint."""
+        _check_finite(bad_step, slots, out_dirs, last_good)
+        evals = [(j, i) for j, i in ended if (step // spe[i]) % rec.eval_every == 0 or step == total[i]]
+        if evals:
+            js = [j for j, _ in evals]
+            p_eval = params if len(js) == len(slots) else {n: t[js] for n, t in params.items()}
+            ii = torch.tensor([i for _, i in evals], device=dev)
+            rows = evaluate_stacked(p_eval, cfg, test_tokens[ii], test_targets[ii], test_group[ii], task)
+            for (j, i), r_i in zip(evals, rows, strict=True):
+                lr_i = lrs[j]
+                row = {"epoch": step // spe[i], "step": step, "lr": lr_i,
+                       "train_loss": float(acc["loss"][i]) / int(acc["n"][i]),
+                       "train_acc": float(acc["correct"][i]) / int(acc["n"][i])}
+                row.update(r_i)
+                row["time_s"] = round(elapsed0 + time.perf_counter() - t0, 3)
+                histories[i].append(row)
+                if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
+                    freeze(j, i, stopped_early=True)
+            if progress:
+                live = [h[-1] for h in histories if h]
+                bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
+                                test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
+        for j, i in ended:
+            if step == total[i] and not done[i]:
+                freeze(j, i, stopped_early=False)  # the end of its schedule; others may train on
+            # train_loss / train_acc of a history row: running means over that row's epoch only
+            acc["loss"][i] = acc["correct"][i] = 0.0
+            acc["n"][i] = 0
+        if (rec.checkpoint_every and any((step // spe[i]) % rec.checkpoint_every == 0 for _, i in ended)
+                and not all(done)):
+            for i in range(k):
+                save(i, True)
+            last_good = step
+        return last_good
+
     t0 = time.perf_counter()
     last_good_ckpt_step = step if resume else None
+    total_steps = max(total)
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"train {k} model(s)", unit="step",
                leave=False, mininterval=1.0)
     bad_step = torch.full((k,), -1, dtype=torch.long, device=dev)
+    if rec.data == "fixed":
+        train_tok_s, train_tgt_s = train_tokens, train_targets  # rows of the models in the stack
+    else:
+        train_tok_s = train_tgt_s = None
+    for i in range(k):  # a resumed run: models frozen before the interruption leave the stack
+        if step >= total[i] and not done[i]:
+            raise ValueError(f"model {i}: the checkpoint is past the end of its schedule; nothing to resume")
+    compact()
+    orders: dict[int, tuple[int, Tensor]] = {}
     with _DeferredSigint(enabled=out_dirs is not None) as sigint:
-        while step < total_steps and not all(done):
-            epoch, in_epoch = divmod(step, steps_per_epoch)
+        while slots:
+            # one batch per model in the stack: rows lo..hi of its epoch order (the last batch of an epoch
+            # may be shorter; then rows are padded and masked out of the loss)
+            pos = [divmod(step, spe[i]) for i in slots]  # (epoch, step in epoch) per stacked model
+            spans = [(ie * B, min((ie + 1) * B, n_rows[i])) for i, (_, ie) in zip(slots, pos, strict=True)]
+            width = max(hi - lo for lo, hi in spans)
+            ragged = any(hi - lo != width for lo, hi in spans)
             if rec.data == "fixed":
-                order = torch.stack([
-                    torch.randperm(n_train, generator=torch.Generator().manual_seed(derive_seed(s, EPOCH_ORDER, epoch)))
-                    for s in seeds
-                ]).to(dev)  # (k, N)
-            while in_epoch < steps_per_epoch:
-                lo, hi = in_epoch * rec.batch_size, min((in_epoch + 1) * rec.batch_size, n_train)
-                if rec.data == "fixed":
-                    idx = order[:, lo:hi]  # (k, b)
-                    tok = torch.gather(train_tokens, 1, idx[:, :, None].expand(-1, -1, train_tokens.shape[2]))
-                    tgt = torch.gather(train_targets, 1, idx)
-                else:
-                    fresh = [_sample_train(task, hi - lo, derive_seed(s, FRESH_STEP, step), dev) for s in seeds]
-                    tok, tgt = torch.stack([f[0] for f in fresh]), torch.stack([f[1] for f in fresh])
-                lr = rec.lr_at(epoch + in_epoch / steps_per_epoch)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
-                    logits = stacked_forward(params, cfg, tok).float()  # (k, b, V)
-                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
-                loss_k = ce.view(k, -1).mean(1)  # (k,)
-                for p in params.values():
-                    p.grad = None
-                loss_k.sum().backward()
-                opt.clip_()
-                opt.step(lr)
-                step += 1
-                in_epoch += 1
-                with torch.no_grad():
-                    finite = torch.isfinite(loss_k)
-                    bad_step = torch.where((~finite) & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
-                    acc["loss"] += loss_k.detach() * tgt.shape[1]
-                    acc["correct"] += (logits.argmax(-1) == tgt).float().sum(1)
-                    acc["n"] += tgt.shape[1]
-                bar.update(1)
-                ckpt_now = checkpoint_every_steps and step % checkpoint_every_steps == 0
-                interrupt = stop_after_step is not None and step >= stop_after_step
-                if sigint.received:  # Ctrl-C: save a resumable checkpoint between steps, then stop
-                    _check_finite(bad_step, out_dirs, last_good_ckpt_step)
-                    for i in range(k):
-                        save(i, True)
-                    bar.close()
-                    raise KeyboardInterrupt(
-                        f"interrupted at step {step}" + (f"; resume with --resume from {[str(d) for d in out_dirs]}"
-                                                         if out_dirs is not None else "")
-                    )
-                if ckpt_now or interrupt:
-                    _check_finite(bad_step, out_dirs, last_good_ckpt_step)
-                    for i in range(k):
-                        save(i, True)
-                    last_good_ckpt_step = step
-                if interrupt:
-                    bar.close()
-                    return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done,
-                                    out_dirs, rec)
-            # end of epoch
-            epoch += 1
-            _check_finite(bad_step, out_dirs, last_good_ckpt_step)
-            if epoch % rec.eval_every == 0 or epoch == rec.epochs:
-                rows = evaluate_stacked(params, cfg, test_tokens, test_targets, test_group, task)
+                idx = torch.zeros(len(slots), width, dtype=torch.long, device=dev)  # (k_act, b)
+                for j, (i, (ep, _), (lo, hi)) in enumerate(zip(slots, pos, spans, strict=True)):
+                    idx[j, : hi - lo] = epoch_order(i, ep)[lo:hi]
+                tok = torch.gather(train_tok_s, 1, idx[:, :, None].expand(-1, -1, train_tok_s.shape[2]))
+                tgt = torch.gather(train_tgt_s, 1, idx)
+                counts = [hi - lo for lo, hi in spans]
+            else:
+                fresh = [_sample_train(task, hi - lo, derive_seed(seeds[i], FRESH_STEP, step), dev)
+                         for i, (lo, hi) in zip(slots, spans, strict=True)]
+                counts = [f[0].shape[0] for f in fresh]
+                width = max(counts)
+                ragged = any(c != width for c in counts)
+                tok = torch.zeros(len(slots), width, task.seq_len, dtype=torch.long, device=dev)
+                tgt = torch.zeros(len(slots), width, dtype=torch.long, device=dev)
+                for j, f in enumerate(fresh):
+                    tok[j, : counts[j]], tgt[j, : counts[j]] = f[0], f[1]
+            lrs = [rec.lr_at(ep + ie / spe[i]) for i, (ep, ie) in zip(slots, pos, strict=True)]
+            lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
+                logits = stacked_forward(params, cfg, tok).float()  # (k_act, b, V)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+            ce = ce.view(len(slots), -1)  # (k_act, b)
+            if ragged:
+                n_t = torch.tensor(counts, device=dev)
+                valid = torch.arange(width, device=dev)[None] < n_t[:, None]  # (k_act, b)
+                loss_k = (ce * valid).sum(1) / n_t
+            else:
+                valid, n_t = None, torch.full((len(slots),), width, device=dev)
+                loss_k = ce.mean(1)  # (k_act,)
+            for p in params.values():
+                p.grad = None
+            loss_k.sum().backward()
+            opt.clip_()
+            opt.step(lr)
+            step += 1
+            with torch.no_grad():
+                sel = torch.tensor(slots, device=dev)
+                finite = torch.isfinite(loss_k)
+                bad_step = torch.where((~finite) & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
+                hit = (logits.argmax(-1) == tgt) if valid is None else (logits.argmax(-1) == tgt) & valid
+                acc["loss"].index_add_(0, sel, loss_k.detach() * n_t)
+                acc["correct"].index_add_(0, sel, hit.float().sum(1))
+                acc["n"].index_add_(0, sel, n_t.long())
+            bar.update(1)
+            ended = [(j, i) for j, i in enumerate(slots) if step % spe[i] == 0]  # models at the end of an epoch
+            if ended:
+                last_good_ckpt_step = end_of_epochs(ended, lrs, last_good_ckpt_step)
+            # checkpoints and interruptions come after the epoch-end work, so a resumed run never skips it
+            ckpt_now = checkpoint_every_steps and step % checkpoint_every_steps == 0
+            interrupt = stop_after_step is not None and step >= stop_after_step
+            if sigint.received:  # Ctrl-C: save a resumable checkpoint between steps, then stop
+                _check_finite(bad_step, slots, out_dirs, last_good_ckpt_step)
                 for i in range(k):
-                    if done[i]:
-                        continue
-                    row = {"epoch": epoch, "step": step, "lr": lr,
-                           "train_loss": float(acc["loss"][i]) / acc["n"], "train_acc": float(acc["correct"][i]) / acc["n"]}
-                    row.update(rows[i])
-                    row["time_s"] = round(elapsed0 + time.perf_counter() - t0, 3)
-                    histories[i].append(row)
-                    if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
-                        done[i] = True
-                        snapshots[i] = {"params": {n: t[i].detach().clone() for n, t in params.items()},
-                                        "opt": {n: t.clone() for n, t in opt.state_slice(i).items()},
-                                        "opt_step": opt.step_count, "step": step, "epoch": epoch}
-                if progress:
-                    live = [h[-1] for h in histories if h]
-                    bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
-                                    test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
-            # train_loss / train_acc of a history row: running means over that row's epoch only
-            acc = {"loss": torch.zeros(k, device=dev), "correct": torch.zeros(k, device=dev), "n": 0}
-            if rec.checkpoint_every and epoch % rec.checkpoint_every == 0 and step < total_steps and not all(done):
+                    save(i, True)
+                bar.close()
+                raise KeyboardInterrupt(
+                    f"interrupted at step {step}" + (f"; resume with --resume from {[str(d) for d in out_dirs]}"
+                                                     if out_dirs is not None else "")
+                )
+            if ckpt_now or interrupt:
+                _check_finite(bad_step, slots, out_dirs, last_good_ckpt_step)
                 for i in range(k):
                     save(i, True)
                 last_good_ckpt_step = step
+            if interrupt:
+                bar.close()
+                return _results(models, params, slots, snapshots, seeds, histories, step, spe, early, out_dirs, recs)
+            compact()
         bar.close()
         for i in range(k):
             save(i, False)
-        return _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done, out_dirs, rec)
+        return _results(models, params, slots, snapshots, seeds, histories, step, spe, early, out_dirs, recs)
 
 
 class _DeferredSigint:
@@ -719,37 +822,40 @@ def ckpt_cfg(cfg) -> dict:
     return d
 
 
-def _check_finite(bad_step: Tensor, out_dirs, last_good) -> None:
+def _check_finite(bad_step: Tensor, slots: list[int], out_dirs, last_good) -> None:
+    """Raise TrainingDiverged for the first stacked model (``slots[j]`` = its index) whose loss was non-finite."""
     bad = bad_step.cpu()
     if bool((bad >= 0).any()):
-        i = int((bad >= 0).nonzero()[0])
+        j = int((bad >= 0).nonzero()[0])
+        i = slots[j]
         where = (f"the last good checkpoint (step {last_good}) is kept in {str(out_dirs[i])!r}"
                  if out_dirs is not None and last_good is not None else "no checkpoint was written")
         raise TrainingDiverged(
-            f"model {i}: the training loss became non-finite at step {int(bad[i])}; {where}. "
+            f"model {i}: the training loss became non-finite at step {int(bad[j])}; {where}. "
             f"Lower the learning rate or enable grad_clip.",
-            model_index=i, step=int(bad[i]), checkpoint=str(out_dirs[i]) if out_dirs is not None else None,
+            model_index=i, step=int(bad[j]), checkpoint=str(out_dirs[i]) if out_dirs is not None else None,
         )
 
 
-def _results(models, params, snapshots, seeds, histories, step, steps_per_epoch, done, out_dirs, rec):
+def _results(models, params, slots, snapshots, seeds, histories, step, spe, early, out_dirs, recs):
     final = {n: t.detach() for n, t in params.items()}
     results = []
     for i, m in enumerate(models):
-        p_i = snapshots[i]["params"] if i in snapshots else {n: t[i] for n, t in final.items()}
+        p_i = snapshots[i]["params"] if i in snapshots else {n: t[slots.index(i)] for n, t in final.items()}
         with torch.no_grad():
             for name, p in m.named_parameters():
                 p.copy_(p_i[name].to(p.device))
         m.eval()
         s_i = snapshots[i]["step"] if i in snapshots else step
         results.append(TrainResult(
-            model=m, seed=seeds[i], history=histories[i], step=s_i, epoch=s_i // steps_per_epoch,
-            stopped_early=done[i], out_dir=str(out_dirs[i]) if out_dirs is not None else None, recipe=rec.to_dict(),
+            model=m, seed=seeds[i], history=histories[i], step=s_i, epoch=s_i // spe[i],
+            stopped_early=early[i], out_dir=str(out_dirs[i]) if out_dirs is not None else None,
+            recipe=recs[i].to_dict(),
         ))
     return results
 
 
-def _load_resume(out_dirs, task, rec, seeds, params, opt, histories, done, snapshots, acc, dev):
+def _load_resume(out_dirs, task, recs, seeds, params, opt, histories, done, early, snapshots, acc, dev):
     from anchor_interp import checkpoint as ckpt
 
     steps, elapsed = set(), 0.0
@@ -769,6 +875,7 @@ def _load_resume(out_dirs, task, rec, seeds, params, opt, histories, done, snaps
             saved = get_recipe(meta.get("recipe") or {}).to_dict()
         except ValueError:
             saved = meta.get("recipe") or {}
+        rec = recs[i]
         if saved != rec.to_dict():
             diff = sorted(k for k in rec.to_dict() if saved.get(k) != rec.to_dict()[k])
             raise ckpt.CheckpointError(f"checkpoint {str(d)!r} used another recipe (fields differ: {diff})")
@@ -787,9 +894,10 @@ def _load_resume(out_dirs, task, rec, seeds, params, opt, histories, done, snaps
         elapsed = max(elapsed, r.get("elapsed_s", 0.0))
         acc["loss"][i] = r["epoch_loss_sum"]
         acc["correct"][i] = r["epoch_correct"]
-        acc["n"] = r["epoch_n"]
+        acc["n"][i] = r["epoch_n"]
         if r["done"]:
             done[i] = True
+            early[i] = r.get("stopped_early", True)  # before schedule ends froze models, "done" meant early
             snapshots[i] = {"params": {n: t.to(dev) for n, t in tensors.items()},
                             "opt": {n: t.to(dev) for n, t in opt_tensors.items()},
                             "opt_step": r["frozen_optimizer_step"], "step": meta["step"], "epoch": meta["epoch"]}

@@ -337,6 +337,13 @@ def test_reproduce_identity_curve_toy(tmp_path):
     mtime = (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns
     assert mod.main(argv) == 0
     assert (tmp_path / "identity_curve_toy_runs.csv").stat().st_mtime_ns == mtime
+    # --together: every size and seed in one batched computation gives the same runs
+    assert mod.main([*argv[:-1], "together", "--together"]) == 0
+    both = list(csv.DictReader(open(tmp_path / "identity_curve_together_runs.csv")))
+    assert [(r["n_train"], r["seed"], r["steps"]) for r in both] == [(r["n_train"], r["seed"], r["steps"]) for r in runs]
+    for a, b in zip(both, runs, strict=True):
+        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=0.01)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
 
 
 def test_fast_recipe_cosine_follows_epochs():
@@ -410,3 +417,76 @@ def test_resume_a_checkpoint_written_before_new_recipe_fields(identity_task, tmp
               stop_after_step=6, **TINY)
         train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
               resume=True, precision="bf16", **TINY)
+
+
+def _assert_same_model(a, b, atol=1e-6):
+    for n, p in weights(b).items():
+        if n.endswith("attn.b_K"):  # no effect on any output; see test_batched_equals_separate_runs
+            continue
+        torch.testing.assert_close(weights(a)[n], p, atol=atol, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("sizes", [(200, 300), (200, 230)])  # 230: a short last batch (30 of 50 rows)
+def test_models_with_different_training_set_sizes_train_together(identity_task, sizes):
+    """n_train per model: each keeps its own epochs, lr schedule and evaluations, as if trained alone."""
+    seeds = [0, 1]
+    over = {k: v for k, v in TINY.items() if k != "n_train"}
+    together = [tiny_model(identity_task, seed=s) for s in seeds]
+    rs = train_many(together, identity_task, "fast", seeds=seeds, progress=False, n_train=list(sizes), **over)
+    for s, n, m, r in zip(seeds, sizes, together, rs, strict=True):
+        alone = tiny_model(identity_task, seed=s)
+        r_alone = train(alone, identity_task, "fast", seed=s, progress=False, n_train=n, **over)
+        _assert_same_model(m, alone)
+        assert r.step == r_alone.step == 3 * math.ceil(n / 50) and r.epoch == 3 and not r.stopped_early
+        assert [(h["epoch"], h["step"]) for h in r.history] == [(h["epoch"], h["step"]) for h in r_alone.history]
+        assert [h["lr"] for h in r.history] == pytest.approx([h["lr"] for h in r_alone.history])
+        assert r.recipe["n_train"] == n
+    with pytest.raises(ValueError, match="one int per model \\(2\\); got 3 sizes"):
+        train_many(together, identity_task, "fast", seeds=seeds, n_train=[200, 300, 400], **over)
+
+
+def test_different_sizes_resume_exactly_after_the_smaller_model_finished(identity_task, tmp_path):
+    over = {k: v for k, v in TINY.items() if k != "n_train"}
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    full = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    train_many(full, identity_task, "fast", seeds=[0, 1], progress=False, n_train=[200, 300], **over)
+    part = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    # model 0 finishes its 12 steps; the interruption comes at step 14 of model 1's 18
+    train_many(part, identity_task, "fast", seeds=[0, 1], progress=False, n_train=[200, 300], out_dirs=dirs,
+               stop_after_step=14, **over)
+    assert read_meta(dirs[0])["resume"]["done"] and not read_meta(dirs[1])["resume"]["done"]
+    assert read_meta(dirs[0])["n_train"] == 200 and read_meta(dirs[1])["n_train"] == 300
+    resumed = [tiny_model(identity_task, seed=9) for _ in range(2)]
+    rs = train_many(resumed, identity_task, "fast", seeds=[0, 1], progress=False, n_train=[200, 300],
+                    out_dirs=dirs, resume=True, **over)
+    assert [r.step for r in rs] == [12, 18] and [r.stopped_early for r in rs] == [False, False]
+    for a, b in zip(resumed, full, strict=True):
+        for n, p in weights(b).items():
+            assert torch.equal(weights(a)[n], p), n
+
+
+def test_per_model_learning_rates_in_one_update(identity_task):
+    """StackedAdamW.step with a (k,) lr equals each model updated with its own scalar lr (fused or not)."""
+    ms = [tiny_model(identity_task, seed=s) for s in (0, 1)]
+    gen = torch.Generator().manual_seed(0)
+    grads = [{n: torch.randn((2, *p.shape), generator=gen) for n, p in ms[0].named_parameters()} for _ in range(3)]
+    lrs = torch.tensor([1e-2, 3e-3])
+    results = []
+    for fused in (False, True):
+        ps = {n: t.clone().requires_grad_(True) for n, t in stack_models(ms).items()}
+        opt = training.StackedAdamW(ps, get_recipe("fast", fused_adamw=fused))
+        for g in grads:
+            for n, p in ps.items():
+                p.grad = g[n].clone()
+            opt.step(lrs)
+        results.append(ps)
+    for i in (0, 1):
+        ps = {n: t[i : i + 1].clone().requires_grad_(True) for n, t in stack_models(ms).items()}
+        opt = training.StackedAdamW(ps, get_recipe("fast"))
+        for g in grads:
+            for n, p in ps.items():
+                p.grad = g[n][i : i + 1].clone()
+            opt.step(float(lrs[i]))
+        for stacked in results:
+            for n in ps:
+                torch.testing.assert_close(stacked[n][i], ps[n][0], atol=1e-7, rtol=1e-6, msg=n)
