@@ -585,7 +585,7 @@ def train_many(
     slots = list(range(k))
 
     def compact() -> None:
-        nonlocal params, opt, slots, train_tok_s, train_tgt_s, bad_step
+        nonlocal params, opt, slots, train_tok_s, train_tgt_s, bad_step, order_s, order_epoch
         keep = [j for j, i in enumerate(slots) if not done[i]]
         if len(keep) == len(slots):
             return
@@ -603,6 +603,7 @@ def train_many(
         if rec.data == "fixed":
             train_tok_s, train_tgt_s = train_tok_s[sel], train_tgt_s[sel]
         bad_step = bad_step[sel]
+        order_s, order_epoch = order_s[sel], [order_epoch[j] for j in keep]
         slots = [slots[j] for j in keep]
 
     def save(i: int, resume_state: bool) -> None:
@@ -641,12 +642,6 @@ def train_many(
         snapshots[i] = {"params": {n: t[j].detach().clone() for n, t in params.items()},
                         "opt": {n: t.clone() for n, t in opt.state_slice(j).items()},
                         "opt_step": opt.step_count, "step": step, "epoch": step // spe[i]}
-
-    def epoch_order(i: int, epoch: int) -> Tensor:
-        if orders.get(i, (None,))[0] != epoch:
-            gen = torch.Generator().manual_seed(derive_seed(seeds[i], EPOCH_ORDER, epoch))
-            orders[i] = (epoch, torch.randperm(n_rows[i], generator=gen).to(dev))
-        return orders[i][1]
 
     def end_of_epochs(ended: list[tuple[int, int]], lrs: list[float], last_good: int | None) -> int | None:
         """Evaluate, early-stop, schedule-end and checkpoint the (slot, model) pairs whose epoch ended at
@@ -698,8 +693,10 @@ def train_many(
     for i in range(k):  # a resumed run: models frozen before the interruption leave the stack
         if step >= total[i] and not done[i]:
             raise ValueError(f"model {i}: the checkpoint is past the end of its schedule; nothing to resume")
+    # data order of the current epoch of every stacked model, and which epoch that is (-1: none yet)
+    order_s = torch.zeros(k, max(n_rows), dtype=torch.long, device=dev)  # (k_act, N_max)
+    order_epoch = [-1] * k
     compact()
-    orders: dict[int, tuple[int, Tensor]] = {}
     with _DeferredSigint(enabled=out_dirs is not None) as sigint:
         while slots:
             # one batch per model in the stack: rows lo..hi of its epoch order (the last batch of an epoch
@@ -709,9 +706,17 @@ def train_many(
             width = max(hi - lo for lo, hi in spans)
             ragged = any(hi - lo != width for lo, hi in spans)
             if rec.data == "fixed":
-                idx = torch.zeros(len(slots), width, dtype=torch.long, device=dev)  # (k_act, b)
-                for j, (i, (ep, _), (lo, hi)) in enumerate(zip(slots, pos, spans, strict=True)):
-                    idx[j, : hi - lo] = epoch_order(i, ep)[lo:hi]
+                for j, (i, (ep, _)) in enumerate(zip(slots, pos, strict=True)):
+                    if order_epoch[j] != ep:  # a new epoch (or a resumed one): this model's data order
+                        gen = torch.Generator().manual_seed(derive_seed(seeds[i], EPOCH_ORDER, ep))
+                        order_s[j, : n_rows[i]] = torch.randperm(n_rows[i], generator=gen).to(dev)
+                        order_epoch[j] = ep
+                if len(set(spans)) == 1:  # every model at the same rows of its order
+                    idx = order_s[:, spans[0][0] : spans[0][1]]  # (k_act, b)
+                else:
+                    lo_t = torch.tensor([lo for lo, _ in spans], device=dev)
+                    cols = (lo_t[:, None] + torch.arange(width, device=dev)[None]).clamp(max=order_s.shape[1] - 1)
+                    idx = torch.gather(order_s, 1, cols)  # (k_act, b); columns past a model's count are masked
                 tok = torch.gather(train_tok_s, 1, idx[:, :, None].expand(-1, -1, train_tok_s.shape[2]))
                 tgt = torch.gather(train_tgt_s, 1, idx)
                 counts = [hi - lo for lo, hi in spans]
@@ -725,7 +730,11 @@ def train_many(
                 tgt = torch.zeros(len(slots), width, dtype=torch.long, device=dev)
                 for j, f in enumerate(fresh):
                     tok[j, : counts[j]], tgt[j, : counts[j]] = f[0], f[1]
-            lrs = [rec.lr_at(ep + ie / spe[i]) for i, (ep, ie) in zip(slots, pos, strict=True)]
+            lr_of: dict[int, float] = {}  # models with the same steps per epoch share their point on the schedule
+            for i, (ep, ie) in zip(slots, pos, strict=True):
+                if spe[i] not in lr_of:
+                    lr_of[spe[i]] = rec.lr_at(ep + ie / spe[i])
+            lrs = [lr_of[spe[i]] for i in slots]
             lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
                 logits = stacked_forward(params, cfg, tok).float()  # (k_act, b, V)

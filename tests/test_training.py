@@ -490,3 +490,4 @@ def test_per_model_learning_rates_in_one_update(identity_task):
         for stacked in results:
             for n in ps:
                 torch.testing.assert_close(stacked[n][i], ps[n][0], atol=1e-7, rtol=1e-6, msg=n)
+
