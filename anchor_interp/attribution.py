@@ -27,6 +27,7 @@ from anchor_interp.patching import (
     _inputs,
     _Metric,
     _resolve_metric,
+    layer_hooks,
     patch_head_out,
 )
 
@@ -115,8 +116,7 @@ def attribution_patch_heads(
     Values [layer, head] (or [layer, head, pos]); metric ``"logit_diff"``, ``"kl"`` or a differentiable
     callable (``"accuracy"`` raises ValueError: it has no gradient).
     """
-    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
-    hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    hooks = layer_hooks(model, "attn.hook_z")
     prods, m, cv, xv, inp = _attribution(model, clean, corrupt, metric, hooks, counterfactual)
     if by_pos:
         values = torch.stack([p.sum(dim=(0, 3)).T for p in prods])  # (L, H, T)
@@ -137,8 +137,7 @@ def attribution_patch_resid_pre(
     counterfactual: str | None = None,
 ) -> PatchResult:
     """Gradient approximation of :func:`anchor_interp.patching.patch_resid_pre`: values [layer, pos]."""
-    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    hooks = layer_hooks(model, "hook_resid_pre")
     prods, m, cv, xv, inp = _attribution(model, clean, corrupt, metric, hooks, counterfactual)
     values = torch.stack([p.sum(dim=(0, 2)) for p in prods])  # (L, T)
     return _finish(values, ("layer", "pos"), hooks, m, cv, xv, inp, normalise)

@@ -463,10 +463,15 @@ class _Sweep:
         )
 
 
-def _resid_mid_names(n_layers: int) -> list[str]:
-    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
-        f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)
-    ]
+def layer_hooks(model, hook: str) -> list[str]:
+    """``blocks.{layer}.{hook}`` for every layer of ``model`` (none if it is not a HookedTransformer:
+    the sweep then raises its own error naming the problem)."""
+    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
+    return [f"blocks.{layer}.{hook}" for layer in range(n_layers)]
+
+
+def _resid_mid_names(model) -> list[str]:
+    return layer_hooks(model, "hook_resid_pre") + layer_hooks(model, "hook_attn_out")
 
 
 def _one_position_rows(diff_vp: Tensor, rows_vp: Tensor, positions: Tensor, s: int, all_rows: bool) -> Rows:
@@ -497,8 +502,8 @@ def patch_resid_pre(
     (default when the corrupted targets are -1, e.g. ``anchor_remove``) or a callable
     ``logits [batch, pos, d_vocab] -> scalar``. Raises ValueError for bad inputs (see docs/patching.md).
     """
-    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    names = layer_hooks(model, "hook_resid_pre")
+    n_layers = len(names)
     sw = _Sweep(model, clean, corrupt, metric, counterfactual, names, names, max_batch)
     positions = torch.arange(sw.T, device=sw.inp.clean_tokens.device)
     values = []
@@ -561,7 +566,7 @@ def _head_sweep(sw: _Sweep, model, dz_of_layer, by_pos: bool, pos_axis: str, hoo
             return Rows(var, b, pos=pos, row=row)
 
         values.append(sw.run(layer, H * T, make_rows, after_attn=True, base=base).reshape(H, T))
-    names = [f"blocks.{layer}.attn.{hook}" for layer in range(n_layers)]
+    names = layer_hooks(model, f"attn.{hook}")
     axes = ("layer", "head", pos_axis) if by_pos else ("layer", "head")
     return sw.result(torch.stack(values), axes, names, normalise)
 
@@ -582,9 +587,8 @@ def patch_head_out(
     Values [layer, head] or [layer, head, pos] (note: ``transformer_lens.patching`` puts pos before
     head). Metric and errors as in :func:`patch_resid_pre`.
     """
-    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
-    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    sw = _Sweep(model, clean, corrupt, metric, counterfactual, z, z + _resid_mid_names(n_layers), max_batch)
+    z = layer_hooks(model, "attn.hook_z")
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, z, z + _resid_mid_names(model), max_batch)
     return _head_sweep(
         sw, model, lambda layer: sw.clean[z[layer]] - sw.corrupt[z[layer]], by_pos, "pos", "hook_z", normalise
     )
@@ -606,11 +610,8 @@ def patch_head_pattern(
     The patched head mixes the corrupted run's values with the clean run's pattern. Values
     [layer, head] or [layer, head, dest_pos]. Metric and errors as in :func:`patch_resid_pre`.
     """
-    n_layers = model.cfg.n_layers if hasattr(model, "cfg") else 0
-    pat = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    vv = [f"blocks.{layer}.attn.hook_v" for layer in range(n_layers)]
-    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    sw = _Sweep(model, clean, corrupt, metric, counterfactual, pat, pat + vv + z + _resid_mid_names(n_layers), max_batch)
+    pat, vv, z = (layer_hooks(model, f"attn.hook_{c}") for c in ("pattern", "v", "z"))
+    sw = _Sweep(model, clean, corrupt, metric, counterfactual, pat, pat + vv + z + _resid_mid_names(model), max_batch)
 
     def dz_of_layer(layer):
         v = sw.corrupt[vv[layer]]  # (B, T, H, dh)
@@ -674,7 +675,7 @@ def path_patch(
     cfg = model.cfg
     n_layers, H = cfg.n_layers, cfg.n_heads
     rec = _check_receivers(model, receivers)
-    z = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    z = layer_hooks(model, "attn.hook_z")
     if rec is None:
         start_name, start_layer = f"blocks.{n_layers - 1}.hook_resid_post", n_layers
         rec_hooks = [start_name]
