@@ -583,9 +583,16 @@ def train_many(
 
     # the stack holds the models still training; slots[j] = the model index of stacked row j
     slots = list(range(k))
+    slot_idx = torch.arange(k, device=dev)  # slots as a tensor, (k_act,)
+    widths: dict[int, Tensor] = {}  # batch width -> (k_act,) tensor of it, made once per stack
+
+    def slot_width(width: int) -> Tensor:
+        if width not in widths:
+            widths[width] = torch.full((len(slots),), width, dtype=torch.long, device=dev)
+        return widths[width]
 
     def compact() -> None:
-        nonlocal params, opt, slots, train_tok_s, train_tgt_s, bad_step, order_s, order_epoch
+        nonlocal params, opt, slots, slot_idx, train_tok_s, train_tgt_s, bad_step, order_s, order_epoch
         keep = [j for j, i in enumerate(slots) if not done[i]]
         if len(keep) == len(slots):
             return
@@ -605,6 +612,8 @@ def train_many(
         bad_step = bad_step[sel]
         order_s, order_epoch = order_s[sel], [order_epoch[j] for j in keep]
         slots = [slots[j] for j in keep]
+        slot_idx = torch.tensor(slots, dtype=torch.long, device=dev)
+        widths.clear()
 
     def save(i: int, resume_state: bool) -> None:
         if out_dirs is None:
@@ -745,7 +754,7 @@ def train_many(
                 valid = torch.arange(width, device=dev)[None] < n_t[:, None]  # (k_act, b)
                 loss_k = (ce * valid).sum(1) / n_t
             else:
-                valid, n_t = None, torch.full((len(slots),), width, device=dev)
+                valid, n_t = None, slot_width(width)
                 loss_k = ce.mean(1)  # (k_act,)
             for p in params.values():
                 p.grad = None
@@ -754,13 +763,12 @@ def train_many(
             opt.step(lr)
             step += 1
             with torch.no_grad():
-                sel = torch.tensor(slots, device=dev)
                 finite = torch.isfinite(loss_k)
                 bad_step = torch.where((~finite) & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
                 hit = (logits.argmax(-1) == tgt) if valid is None else (logits.argmax(-1) == tgt) & valid
-                acc["loss"].index_add_(0, sel, loss_k.detach() * n_t)
-                acc["correct"].index_add_(0, sel, hit.float().sum(1))
-                acc["n"].index_add_(0, sel, n_t.long())
+                acc["loss"].index_add_(0, slot_idx, loss_k.detach() * n_t)
+                acc["correct"].index_add_(0, slot_idx, hit.float().sum(1))
+                acc["n"].index_add_(0, slot_idx, n_t.long())
             bar.update(1)
             ended = [(j, i) for j, i in enumerate(slots) if step % spe[i] == 0]  # models at the end of an epoch
             if ended:

@@ -412,9 +412,9 @@ def test_resume_a_checkpoint_written_before_new_recipe_fields(identity_task, tmp
     r = train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run",
               resume=True, **TINY)
     assert r.step == 12
+    train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
+          stop_after_step=6, **TINY)
     with pytest.raises(CheckpointError, match="fields differ: \\['precision'\\]"):
-        train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
-              stop_after_step=6, **TINY)
         train(tiny_model(identity_task), identity_task, "fast", seed=1, progress=False, out_dir=tmp_path / "run2",
               resume=True, precision="bf16", **TINY)
 
