@@ -1,7 +1,7 @@
 """Multi-seed head study: train a zoo spec on several seeds, label every head, run the circuit checks.
 
 For each seed: train the spec's preset with its recipe (``anchor_interp.training.train_many``, all
-seeds as one batched computation), label the heads on held-out data (``anchor_interp.heads``), and
+seeds as one batched computation), label the heads on held-out data (``anchor_interp.labels``), and
 check the issue-4 criteria:
 
 - the shift and the broadcast are found (each a head, or a named group of heads);
@@ -85,7 +85,7 @@ def raw_masses(model, batch) -> dict[str, list[list[float]]]:
     """
     import torch
 
-    from anchor_interp.patterns import attention_patterns, is_causal, visible_mask
+    from anchor_interp.scores.patterns import attention_patterns, is_causal, visible_mask
 
     with torch.no_grad():
         pats = attention_patterns(model, batch.tokens).float()  # (B, L, H, T, T)
@@ -177,8 +177,8 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
 
 def study_one(model, task, seed: int, n_samples: int) -> dict:
     """Label the heads of one trained model and run the circuit checks; a JSON-safe dict."""
-    from anchor_interp.ablation import circuit_check
-    from anchor_interp.heads import analyse_heads
+    from anchor_interp.scores.ablation import circuit_check
+    from anchor_interp.labels import analyse_heads
 
     batch = task.sample(n_samples, split="test", seed=LABEL_SEED_BASE + seed)
     analysis = analyse_heads(model, batch, task=task, seed=seed)
@@ -198,7 +198,7 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
                    kept_fraction=cc.kept_fraction)
         circuit_ok = cc.passes
     elif labelled:  # every head labelled: "all the other heads" is the empty set, nothing ablated
-        from anchor_interp.ablation import ablate
+        from anchor_interp.scores.ablation import ablate
 
         r = ablate(model, batch.tokens, labelled, targets=batch.targets, method="mean", seed=seed)
         row.update(acc_without_labelled=r.accuracy, acc_without_rest=r.base_accuracy, kept_fraction=1.0)
@@ -239,7 +239,7 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
         row[f"{role}_labels_match"] = {r.name for r in carriers[role]} == {r.name for r in recs if r.label == role}
     row["key_copy_heads"] = " ".join(r.name for r in key_copy)
     if key_copy:
-        from anchor_interp.ablation import ablate
+        from anchor_interp.scores.ablation import ablate
 
         res = ablate(model, batch.tokens, [(r.layer, r.head) for r in key_copy], targets=batch.targets,
                      method="mean", seed=seed)
@@ -299,7 +299,7 @@ def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: i
     from anchor_interp.models import count_parameters, make_model, model_config
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train_many
-    from anchor_interp.zoo import ZOO
+    from anchor_interp.models.zoo import ZOO
 
     spec = ZOO[spec_name]
     task = make_task(spec.task, **spec.task_params)
@@ -437,7 +437,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from anchor_interp.checkpoint import atomic_write_text
+    from anchor_interp.models.checkpoint import atomic_write_text
 
     torch.set_num_threads(args.threads)
     specs = args.spec or list(SPECS)

@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from anchor_interp import ground_truth as gt
-    from anchor_interp.heads import analyse_heads, label_heads
+    from anchor_interp.models import planted as gt
+    from anchor_interp.labels import analyse_heads, label_heads
     from anchor_interp.models import make_model
     from anchor_interp.tasks import make_task
 
@@ -100,8 +100,8 @@ def main(argv=None) -> int:
                   f"{max([r.causal_effect for r in other if r.kind == 'inert'], default=float('nan')):.3f})")
 
     if not args.skip_zoo:
-        from anchor_interp import zoo
-        from anchor_interp.ablation import circuit_check
+        from anchor_interp.models import zoo
+        from anchor_interp.scores.ablation import circuit_check
 
         print("\n## 3. zoo models")
         for name in ("default", "mechanism"):
@@ -182,7 +182,7 @@ def _print_raw_key_row(model, batch) -> None:
     """Raw (unnormalised) mean attention of each head's key row: on itself, on the anchor, and uniform."""
     import torch
 
-    from anchor_interp.patterns import attention_patterns
+    from anchor_interp.scores.patterns import attention_patterns
 
     pats = attention_patterns(model, batch.tokens)  # (B, L, H, T, T)
     b = torch.arange(len(batch))
@@ -197,8 +197,8 @@ def _print_raw_key_row(model, batch) -> None:
 
 
 def _print_analysis(model, task, seed: int) -> None:
-    from anchor_interp.ablation import circuit_check
-    from anchor_interp.heads import analyse_heads
+    from anchor_interp.scores.ablation import circuit_check
+    from anchor_interp.labels import analyse_heads
 
     batch = task.sample(512, split="test", seed=seed)
     a = analyse_heads(model, batch, task, seed=seed)

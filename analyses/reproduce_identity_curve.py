@@ -93,7 +93,7 @@ def read_runs(path: Path) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict], fields) -> None:
-    from anchor_interp.checkpoint import atomic_write_text
+    from anchor_interp.models.checkpoint import atomic_write_text
 
     lines = [",".join(fields)]
     for r in rows:
@@ -119,7 +119,7 @@ def plot(summary: list[dict], runs: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anchor_interp.checkpoint import atomic_write_bytes
+    from anchor_interp.models.checkpoint import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ns = [s["n_train"] for s in summary]
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from anchor_interp.checkpoint import atomic_write_text, ensure_writable_dir
+    from anchor_interp.models.checkpoint import atomic_write_text, ensure_writable_dir
     from anchor_interp.models import count_parameters, make_model, resolve_device
     from anchor_interp.tasks import make_task
     from anchor_interp.training import train_many

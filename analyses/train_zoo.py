@@ -1,6 +1,6 @@
 """Recreate the zoo models shipped in anchor_interp/zoo/<name>/ from their specs (fixed seeds).
 
-    python analyses/train_zoo.py                 # every entry of anchor_interp.zoo.ZOO
+    python analyses/train_zoo.py                 # every entry of anchor_interp.models.zoo.ZOO
     python analyses/train_zoo.py default         # one entry
     python analyses/train_zoo.py default --out /tmp/zoo   # write elsewhere (e.g. to compare)
 """
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
-    from anchor_interp.zoo import ZOO, ZOO_DIR
+    from anchor_interp.models.zoo import ZOO, ZOO_DIR
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"zoo entries to train (default: all of {sorted(ZOO)})")
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from anchor_interp.checkpoint import save_checkpoint
+    from anchor_interp.models.checkpoint import save_checkpoint
     from anchor_interp.models import count_parameters, make_model, model_config
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train, write_history

@@ -4,7 +4,7 @@
 
 Every case runs once in a fresh Python process (Linux; memory from ``/proc/self/status``, in MiB):
 
-- ``baseline``: ``import anchor_interp._tl`` + ``zoo.load("default")`` (what any analysis pays first);
+- ``baseline``: ``import anchor_interp.models.adapter`` + ``zoo.load("default")`` (what any analysis pays first);
 - ``find_heads``: the no-argument CLI run on the shipped default model (report, JSON and PNGs written
   to a temporary folder), through ``anchor_interp.cli.main``;
 - ``patch_head_out`` / ``patch_resid_pre``: our every-head x every-position head-output sweep and our
@@ -54,7 +54,9 @@ def child(case: str, batch: int, n_samples: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from anchor_interp import _tl, patch_engine, zoo
+    from anchor_interp.models import adapter as _tl
+    from anchor_interp.models import zoo
+    from anchor_interp.patching import engine as patch_engine
 
     model, task = zoo.load("default")
     records: list[dict] = []

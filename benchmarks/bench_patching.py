@@ -36,13 +36,13 @@ def load_model(which: str, seed: int):
 
     if which == "default":
         try:
-            from anchor_interp import zoo
+            from anchor_interp.models import zoo
 
             model, task = zoo.load("default")
             return model, task, "zoo default"
         except Exception as err:  # the zoo model may not be built yet
             print(f"zoo.load('default') failed ({type(err).__name__}: {err}); using a random model", file=sys.stderr)
-    from anchor_interp._tl import HookedTransformerConfig, build_model
+    from anchor_interp.models.adapter import HookedTransformerConfig, build_model
 
     cfg = HookedTransformerConfig(
         n_layers=2, n_heads=4, d_model=128, d_head=32, n_ctx=9, d_vocab=201, attn_only=True, act_fn="relu",

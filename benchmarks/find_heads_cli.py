@@ -6,7 +6,7 @@ Each case runs in a fresh subprocess (what a user pays); the table gives the med
 median CPU time (user + sys of the child), and ratios to the baselines:
 
 - ``python -c pass`` (interpreter start) for ``--help``;
-- ``import anchor_interp._tl`` (TransformerLens import, which any model load pays) for the no-argument run.
+- ``import anchor_interp.models.adapter`` (TransformerLens import, which any model load pays) for the no-argument run.
 
 The no-argument run analyses the shipped default model and writes report + JSON + PNGs into a
 temporary folder (--force). On a shared machine wall time depends on the load: read the CPU column
@@ -51,7 +51,7 @@ def main() -> int:
         cases = {
             "python -c pass": [py, "-c", "pass"],
             "find_heads --help": [py, script, "--help"],
-            "import anchor_interp._tl": [py, "-c", "import anchor_interp._tl"],
+            "import anchor_interp.models.adapter": [py, "-c", "import anchor_interp.models.adapter"],
             "find_heads (no arguments)": [py, script, "--force", "--quiet"],
         }
         results: dict[str, tuple[float, float]] = {}
@@ -67,7 +67,7 @@ def main() -> int:
     for name, (w, c) in results.items():
         print(f"{name:<28} {w:>16.3f} {c:>15.3f}")
     h, p = results["find_heads --help"], results["python -c pass"]
-    n, t = results["find_heads (no arguments)"], results["import anchor_interp._tl"]
+    n, t = results["find_heads (no arguments)"], results["import anchor_interp.models.adapter"]
     print(f"--help / python start-up: wall {h[0] / p[0]:.2f}x, cpu {h[1] / p[1]:.2f}x")
     print(f"no-arg run / TL import:   wall {n[0] / t[0]:.2f}x, cpu {n[1] / t[1]:.2f}x "
           f"(no-arg run minus TL import: {n[1] - t[1]:.2f} s cpu)")

@@ -2,7 +2,7 @@
 tests/fixtures_<name>.py and import them in their test files).
 
 - ``identity_task``: ``make_task("identity")``.
-- ``default_model`` / ``mechanism_model``: ``(model, task)`` from ``anchor_interp.zoo.load``; loaded
+- ``default_model`` / ``mechanism_model``: ``(model, task)`` from ``anchor_interp.models.zoo.load``; loaded
   once per session, in eval mode. Do not train or modify them in place (use ``copy.deepcopy``).
 """
 
@@ -27,13 +27,13 @@ def identity_task():
 
 @pytest.fixture(scope="session")
 def default_model():
-    from anchor_interp import zoo
+    from anchor_interp.models import zoo
 
     return zoo.load("default")
 
 
 @pytest.fixture(scope="session")
 def mechanism_model():
-    from anchor_interp import zoo
+    from anchor_interp.models import zoo
 
     return zoo.load("mechanism")

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from anchor_interp.pipeline import FindHeadsResult
+from anchor_interp.result import FindHeadsResult
 
 EVIL_TOKEN = "</script><b>x</b>"
 

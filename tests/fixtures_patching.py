@@ -31,7 +31,7 @@ class Pair:
 
 
 def make_model(kind: str, seed: int = 0, scale: float = 3.0):
-    from anchor_interp._tl import HookedTransformerConfig, build_model
+    from anchor_interp.models.adapter import HookedTransformerConfig, build_model
 
     over = dict(MODEL_KINDS[kind])
     cfg = HookedTransformerConfig(
@@ -89,7 +89,7 @@ def saturated_switch_model():
     gradient through the saturated softmax is ~0 (attribution 0): the case attribution misses.
     Returns (model, clean, corrupt) with clean = switch on, corrupt = switch off.
     """
-    from anchor_interp._tl import HookedTransformerConfig, build_model
+    from anchor_interp.models.adapter import HookedTransformerConfig, build_model
 
     cfg = HookedTransformerConfig(
         n_layers=2, n_heads=1, d_model=14, d_head=4, n_ctx=4, d_vocab=8, attn_only=True, act_fn="relu",

@@ -136,5 +136,5 @@ def test_mkdocs_build_strict(tmp_path):
     problems = [ln for ln in log.splitlines() if re.search(r"\b(WARNING|ERROR)\b", ln)]
     assert proc.returncode == 0 and not problems, "mkdocs build --strict failed:\n" + "\n".join(problems or [log[-3000:]])
     assert (tmp_path / "site" / "tutorial" / "index.html").exists()
-    api = (tmp_path / "site" / "api" / "heads" / "index.html").read_text()
-    assert "anchor_interp.heads.label_heads" in api  # mkdocstrings rendered the docstrings
+    api = (tmp_path / "site" / "api" / "labels" / "index.html").read_text()
+    assert "anchor_interp.labels.label_heads" in api  # mkdocstrings rendered the docstrings

@@ -3,14 +3,19 @@
     from anchor_interp.tasks import make_task
     task = make_task("identity")
     batch = task.sample(1000, split="train", seed=0)
-    corrupt = task.counterfactual(batch, "key_swap", seed=1)
+    corrupt = task.counterfactual(batch, "key_value", seed=1)
+    clean, moved, kept, n_dropped = task.counterfactual_pair(batch, "anchor_position", seed=1)
 
 The catalogue (every task, its layout and its counterfactuals) is docs/tasks.md.
 """
 
 from anchor_interp.tasks.base import (
+    ALL_COUNTERFACTUAL_KINDS,
     COUNTERFACTUAL_KINDS,
+    KIND_FACTORS,
+    SINGLE_FACTOR_KINDS,
     SPLITS,
+    CounterfactualPair,
     DataGroup,
     Task,
     TaskError,
@@ -19,9 +24,13 @@ from anchor_interp.tasks.batch import Batch
 from anchor_interp.tasks.registry import list_tasks, make_task, task_param_names
 
 __all__ = [
+    "ALL_COUNTERFACTUAL_KINDS",
     "Batch",
     "COUNTERFACTUAL_KINDS",
+    "CounterfactualPair",
     "DataGroup",
+    "KIND_FACTORS",
+    "SINGLE_FACTOR_KINDS",
     "SPLITS",
     "Task",
     "TaskError",

@@ -1,17 +1,20 @@
 """Task: the shared interface of every anchor task, plus the vocabulary layout and input checks.
 
 A task samples ``Batch``es (seeded, vectorised, on its own CPU generator) and builds
-row-paired counterfactual batches for patching. Subclasses implement ``_sample`` and
-``_counterfactual`` on CPU; this class validates arguments and moves results to a device.
+row-paired counterfactual batches for patching. Subclasses implement ``_sample``,
+``_counterfactual`` (the kinds every task builds for every row) and ``_counterfactual_kept`` (the
+single-factor kinds, which keep only the rows they can build) on CPU; this class validates
+arguments and moves results to a device.
 """
 
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from anchor_interp.tasks.batch import Batch
@@ -25,11 +28,39 @@ FILLER_LOW, FILLER_HIGH = 20, 99  # inclusive; the authors' held-out lists are b
 MODULUS = 8  # modular held-out rule: (key - block start) % 8 == residue -> test
 
 SPLITS = ("train", "test")
+# the kinds every task builds for every row (a full row-paired batch)
 COUNTERFACTUAL_KINDS = ("key_swap", "anchor_move", "anchor_remove")
+# kinds that change exactly one factor; anchor_position / anchor_identity* may drop rows (counterfactual_pair)
+SINGLE_FACTOR_KINDS = ("key_value", "anchor_position", "anchor_identity", "anchor_identity_2")
+ALL_COUNTERFACTUAL_KINDS = COUNTERFACTUAL_KINDS + SINGLE_FACTOR_KINDS
+# which factors of a row each kind changes (docs/tasks.md, "Counterfactual kinds")
+KIND_FACTORS: dict[str, tuple[str, ...]] = {
+    "key_swap": ("key_value",),  # the same counterfactual as key_value (same tensors for the same seed)
+    "anchor_move": ("anchor_position", "key_value"),  # a fresh key value is written at the new key position
+    "anchor_remove": ("anchor_presence",),
+    "key_value": ("key_value",),
+    "anchor_position": ("anchor_position",),
+    "anchor_identity": ("anchor_identity",),  # the primary anchor (at anchor_pos)
+    "anchor_identity_2": ("anchor_identity",),  # the second anchor (at extra["anchor2_pos"])
+}
 
 
 class TaskError(ValueError):
     """Bad task parameters or bad arguments to a task method (a ValueError)."""
+
+
+class CounterfactualPair(NamedTuple):
+    """Row-paired clean and corrupted batches from ``Task.counterfactual_pair``.
+
+    clean: the kept rows of the input batch (``batch.select(kept)``); corrupt: row ``i`` is the
+    counterfactual of ``clean`` row ``i``; kept: long (n_kept,) indices of the kept rows in the input
+    batch (increasing, on the batch's device); n_dropped: how many input rows were dropped.
+    """
+
+    clean: Batch
+    corrupt: Batch
+    kept: Int[Tensor, " kept"]
+    n_dropped: int
 
 
 @dataclass(frozen=True)
@@ -118,15 +149,74 @@ class Task:
         return batch.to(device)
 
     def counterfactual(self, batch: Batch, kind: str, seed: int = 0) -> Batch:
-        """A batch row-paired with ``batch`` (see docs/tasks.md for what each kind does per task).
+        """A batch row-paired with ``batch`` (see docs/tasks.md for what each kind changes per task).
 
-        kind: one of COUNTERFACTUAL_KINDS. ``anchor_remove`` rows have targets -1 (no correct answer)
+        kind: one of ALL_COUNTERFACTUAL_KINDS. ``key_value`` and ``key_swap`` are the same counterfactual
+        (same tensors for the same seed). ``anchor_remove`` rows have targets -1 (no correct answer)
         and anchor_pos/key_pos (and extra positions) -1. The result is on ``batch``'s device.
-        Raises TaskError for an unknown kind, a batch of another task's shape, or a kind the task
-        cannot build for some row (the message says why).
+
+        Raises TaskError for an unknown kind, a kind that does not apply to this task (the message
+        names both), a batch of another task's shape, a kind the task cannot build for some row, and
+        for ``anchor_position`` / ``anchor_identity*`` when some rows have no valid counterfactual: those
+        kinds drop such rows, so use ``counterfactual_pair``, which returns the kept clean rows too.
         """
-        if kind not in COUNTERFACTUAL_KINDS:
-            raise TaskError(f"counterfactual(kind={kind!r}): kind must be one of {list(COUNTERFACTUAL_KINDS)}")
+        kind = self._check_counterfactual_args(batch, kind)
+        seed = _check_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        if kind in COUNTERFACTUAL_KINDS or kind == "key_value":
+            out = self._counterfactual(batch.to("cpu"), "key_swap" if kind == "key_value" else kind, gen)
+            return out.to(batch.device)
+        corrupt, kept = self._counterfactual_kept(batch.to("cpu"), kind, gen)
+        n_dropped = len(batch) - len(kept)
+        if n_dropped:
+            raise TaskError(
+                f"counterfactual(kind={kind!r}): task {self.name!r} has no valid {kind} counterfactual for "
+                f"{n_dropped} of the {len(batch)} rows ({_KIND_RULES[kind]}); use "
+                f"task.counterfactual_pair(batch, {kind!r}, seed=...), which drops those rows and returns the "
+                f"kept clean rows with their counterfactuals"
+            )
+        return corrupt.to(batch.device)
+
+    def counterfactual_pair(self, batch: Batch, kind: str, seed: int = 0) -> CounterfactualPair:
+        """``CounterfactualPair(clean, corrupt, kept, n_dropped)`` for any kind: ``clean`` holds the rows of
+        ``batch`` that have a valid counterfactual of ``kind`` and ``corrupt`` their counterfactuals, row
+        for row. Only ``anchor_position`` and ``anchor_identity*`` drop rows; the other kinds keep all
+        (``kept = arange(n)``, ``clean is batch``). Same seed, same tensors as ``counterfactual``.
+
+        Raises TaskError like ``counterfactual`` (unknown kind, kind that does not apply, bad batch), and
+        when no row at all has a valid counterfactual (the message says what a kept row needs).
+        """
+        kind = self._check_counterfactual_args(batch, kind)
+        seed = _check_seed(seed)
+        if kind in COUNTERFACTUAL_KINDS or kind == "key_value":
+            corrupt = self.counterfactual(batch, kind, seed=seed)
+            kept = torch.arange(len(batch), device=batch.device)
+            return CounterfactualPair(batch, corrupt, kept, 0)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        corrupt, kept = self._counterfactual_kept(batch.to("cpu"), kind, gen)
+        if len(kept) == 0:
+            raise TaskError(
+                f"counterfactual_pair(kind={kind!r}): none of the {len(batch)} rows of task {self.name!r} has a "
+                f"valid {kind} counterfactual ({_KIND_RULES[kind]}); {_KIND_HINTS[kind]}"
+            )
+        kept = kept.to(batch.device)
+        return CounterfactualPair(batch.select(kept), corrupt.to(batch.device), kept, len(batch) - len(kept))
+
+    def counterfactual_kinds(self) -> tuple[str, ...]:
+        """The kinds of ALL_COUNTERFACTUAL_KINDS that apply to this task (the others raise TaskError)."""
+        return tuple(k for k in ALL_COUNTERFACTUAL_KINDS if self._kind_unavailable(k) is None)
+
+    def _check_counterfactual_args(self, batch: Batch, kind: str) -> str:
+        if kind not in ALL_COUNTERFACTUAL_KINDS:
+            raise TaskError(
+                f"counterfactual(kind={kind!r}): kind must be one of {list(ALL_COUNTERFACTUAL_KINDS)}"
+            )
+        why = self._kind_unavailable(kind)
+        if why is not None:
+            raise TaskError(
+                f"counterfactual(kind={kind!r}): kind {kind!r} does not apply to task {self.name!r}: {why}. "
+                f"Kinds that apply: {list(self.counterfactual_kinds())}"
+            )
         if not isinstance(batch, Batch):
             raise TaskError(f"counterfactual(batch=...): batch must be a Batch; got {type(batch).__name__}")
         if batch.seq_len != self.seq_len:
@@ -141,10 +231,7 @@ class Task:
                 "counterfactual(batch=...): some rows have no anchor (anchor_pos == -1), e.g. an anchor_remove "
                 "batch; build counterfactuals from clean batches"
             )
-        seed = _check_seed(seed)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        out = self._counterfactual(batch.to("cpu"), kind, gen)
-        return out.to(batch.device)
+        return kind
 
     # ------------------------------------------------------------------ targets
 
@@ -219,7 +306,19 @@ class Task:
         raise NotImplementedError
 
     def _counterfactual(self, batch: Batch, kind: str, gen: torch.Generator) -> Batch:
+        """One of COUNTERFACTUAL_KINDS for every row of ``batch`` (CPU)."""
         raise NotImplementedError
+
+    def _counterfactual_kept(self, batch: Batch, kind: str, gen: torch.Generator) -> tuple[Batch, Tensor]:
+        """A kind that may drop rows (anchor_position, anchor_identity*): (corrupt rows, kept indices) on CPU."""
+        raise NotImplementedError
+
+    def _kind_unavailable(self, kind: str) -> str | None:
+        """Why ``kind`` does not apply to this task, or None when it does. The kinds of
+        COUNTERFACTUAL_KINDS and key_value apply to every task."""
+        if kind in COUNTERFACTUAL_KINDS or kind == "key_value":
+            return None
+        return f"{type(self).__name__} does not implement it"
 
     def _group_weights(self, split: str, groups) -> Float[Tensor, " group"]:
         """Sampling weight per group for ``split`` (masked groups weigh 0 in train)."""
@@ -252,6 +351,23 @@ class Task:
             w[i] = g.weight
         return w
 
+
+# what a kept row needs, per kind that drops rows (used in error messages)
+_KIND_RULES = {
+    "anchor_position": "a row is kept when moving its anchor block to another start puts, at the new key "
+    "position, an unchanged token that is a valid key of the row's held-out class and of an unmasked group, "
+    "differs from the old key and changes the target",
+    "anchor_identity": "a row is kept when another anchor id at anchor_pos gives an unmasked group of the task "
+    "that accepts the row's key and changes the target",
+    "anchor_identity_2": "a row is kept when another anchor id at anchor2_pos gives an unmasked group of the task "
+    "that accepts the row's key and changes the target",
+}
+_KIND_HINTS = {
+    "anchor_position": "sample more rows (train-split rows are kept more often than test-split rows)",
+    "anchor_identity": "sample more rows, or rows of other groups (e.g. multi_anchor_two_interval swaps land in an "
+    "unmasked group only from its masked groups: use split='test')",
+    "anchor_identity_2": "sample more rows, or rows of other groups",
+}
 
 _EXTRA_MARKS = {
     "anchor2_pos": "A2",
@@ -300,6 +416,17 @@ def uniform_index(count: Tensor, gen: torch.Generator) -> Tensor:
     """A uniform index in [0, count) per element (count >= 1), drawn with ``gen``."""
     u = torch.rand(count.shape, generator=gen, dtype=torch.float64)
     return torch.minimum((u * count).long(), count - 1)
+
+
+def pick_valid(
+    valid: Bool[Tensor, "batch choice"], gen: torch.Generator
+) -> tuple[Bool[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """One uniformly drawn True column per row of ``valid`` (n, C): (has any (n,) bool, column (n,) long;
+    0 where the row has none). Draws one number per row, valid or not, so the draw is seeded by ``gen`` alone."""
+    count = valid.sum(1)  # (n,)
+    r = uniform_index(count.clamp(min=1), gen)  # (n,) rank of the chosen True among the row's Trues
+    col = (valid.long().cumsum(1) > r[:, None]).long().argmax(1)  # (n,) first column whose running count passes r
+    return count > 0, col
 
 
 def fillers(shape, gen: torch.Generator) -> Tensor:

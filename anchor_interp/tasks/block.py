@@ -10,6 +10,11 @@ Layout of one row (docs/tasks.md):
     key values: x = base + s ("plus" mode, the authors' ``random.choice(dataset) + pos``) or
     x = base ("direct" mode); held-out rule: the row is test iff (x - s) % 8 == residue.
     target = target_map[combine(keys) + group shift (+ a random shift for statistical tasks)].
+
+Counterfactuals: key_swap (= key_value), anchor_move, anchor_remove for every row; anchor_position
+moves the group's "unit" (its anchor tokens, and the cue for recitation) to another start by swapping
+it with the tokens there; anchor_identity(_2) replaces one anchor id. The last two keep only the rows
+they can build (docs/tasks.md, "Counterfactual kinds").
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from anchor_interp.tasks.base import (
     Task,
     TaskError,
     fillers,
+    pick_valid,
     uniform_index,
 )
 from anchor_interp.tasks.batch import Batch
@@ -37,6 +43,8 @@ FIXED_ROLES = ("anchor", "anchor2", "anchor_start", "anchor_mid")  # tokens fixe
 KEY_ROLES = ("key", "key2")  # drawn from the group's key table
 CUE_ROLE = "cue"  # a random filler-range value that is repeated at the last input (recitation)
 ROLES = FIXED_ROLES + KEY_ROLES + (CUE_ROLE,)
+UNIT_ROLES = FIXED_ROLES + (CUE_ROLE,)  # the slots anchor_position moves together (the keys stay)
+IDENTITY_ROLE = {"anchor_identity": "anchor", "anchor_identity_2": "anchor2"}  # the anchor each kind replaces
 _SPLIT_INDEX = {"train": 0, "test": 1, "all": 2}
 _MAX_TRIES = 64
 
@@ -117,6 +125,7 @@ class BlockTask(Task):
         self._max_start = max_start
         self._build_tables()
         self._check_layout()
+        self._build_counterfactual_tables()
 
     # ------------------------------------------------------------------ construction
 
@@ -242,6 +251,53 @@ class BlockTask(Task):
                 f"make_task({self.name!r}, ...): targets reach {max(targets)} but vocab_size is {self.vocab_size}; "
                 f"use a shorter seq_len or smaller shifts"
             )
+
+    def _build_counterfactual_tables(self):
+        """Tables of the single-factor kinds: each group's moving unit, and the groups a row may land in."""
+        groups, G = self.block_groups, len(self.block_groups)
+        unit_ri = [ri for ri, r in enumerate(self.roles) if r in UNIT_ROLES]
+        offs = [[int(self._offset[gi, ri]) for ri in unit_ri if self._offset[gi, ri] >= 0] for gi in range(G)]
+        self._unit_offset = torch.full((G, max(len(o) for o in offs)), -1, dtype=torch.long)  # (G, U)
+        for gi, o in enumerate(offs):
+            self._unit_offset[gi, : len(o)] = torch.tensor(o, dtype=torch.long)
+        layout = [(tuple(sorted(g.slots)), tuple(sorted(g.extra_consts.items()))) for g in groups]
+        open_ = [not g.masked for g in groups]
+        # anchor_position: same layout and anchor ids, unmasked (e.g. 3_I1 -> 3_I2 when the new key is in I2)
+        self._siblings = torch.tensor(
+            [[layout[a] == layout[b] and groups[a].tokens == groups[b].tokens and open_[b] for b in range(G)]
+             for a in range(G)], dtype=torch.bool)  # (G, G)
+        # anchor_identity(_2): same layout, the role's anchor id differs, every other anchor id equal, unmasked
+        self._identity_swap = {}
+        for role in IDENTITY_ROLE.values():
+            m = torch.zeros(G, G, dtype=torch.bool)
+            for a, ga in enumerate(groups):
+                for b, gb in enumerate(groups):
+                    m[a, b] = (layout[a] == layout[b] and open_[b] and role in ga.tokens and role in gb.tokens
+                               and ga.tokens[role] != gb.tokens[role]
+                               and all(gb.tokens[k] == v for k, v in ga.tokens.items() if k != role))
+            self._identity_swap[role] = m
+
+    def _kind_unavailable(self, kind: str) -> str | None:
+        if kind == "anchor_position":
+            if bool((self._n_starts < 2).all()):
+                return (f"the anchor block has a single possible start (seq_len={self.seq_len}), so the anchor "
+                        f"cannot move")
+            return None
+        if kind in IDENTITY_ROLE:
+            role = IDENTITY_ROLE[kind]
+            where = "anchor_pos" if role == "anchor" else "extra['anchor2_pos']"
+            if role not in self.roles:
+                return "its layout has no second anchor (anchor_identity_2 is for two-anchor blocks like composition's a1 a2)"
+            m = self._identity_swap[role]
+            if not bool(m.any()):
+                ids = sorted({g.tokens[role] for g in self.block_groups if role in g.tokens})
+                return (f"no unmasked group has the same layout as another group and differs from it only in the "
+                        f"anchor at {where} (anchor ids there: {ids})")
+            if not bool((m & (self._shift[:, None] != self._shift[None, :])).any()):
+                return (f"every anchor id it could put at {where} gives the same target (its anchors map keys to "
+                        f"the same value), so the target would never change")
+            return None
+        return super()._kind_unavailable(kind)
 
     def _keys_mask(self, gi: int) -> Tensor:
         K = self._keys.shape[-1]
@@ -483,6 +539,119 @@ class BlockTask(Task):
         self._check_changed(todo, "anchor_move")
         new_pos = self._write_block(tokens, group, s_new, new_keys, cue)
         return self._make_batch(tokens, targets, new_pos, group)
+
+    # ------------------------------------------------------------------ single-factor counterfactuals
+
+    def _counterfactual_kept(self, batch: Batch, kind: str, gen: torch.Generator) -> tuple[Batch, Tensor]:
+        if kind == "anchor_position":
+            return self._anchor_position(batch, gen)
+        return self._anchor_identity(batch, IDENTITY_ROLE[kind], gen)
+
+    def _rule_split(self, batch: Batch, s: Tensor) -> Tensor:
+        """Held-out class of each row by the rule (0 train, 1 test), masked groups included."""
+        key = batch.tokens.gather(1, batch.key_pos[:, None])[:, 0]  # (n,)
+        return ((key - s) % self.modulus == self.residue).long()
+
+    def _unit_positions(self, group: Tensor, s: Tensor) -> Tensor:
+        """(n, U) positions of the group's unit (anchors, cue) for block start s; -1 past the group's unit."""
+        off = self._unit_offset[group]  # (n, U)
+        pos = s[:, None] + off
+        if self.wrap:
+            pos = pos % self.seq_len
+        return torch.where(off >= 0, pos, -1)
+
+    def _move_unit(self, tokens: Tensor, group: Tensor, s: Tensor, s_new: Tensor) -> Tensor:
+        """Tokens with each row's unit moved from start s to s_new: a permutation of the row. The unit's
+        tokens go to their new positions; the tokens they displace go to the freed old positions, in
+        position order; every other token stays."""
+        n, S = tokens.shape
+        U = self._unit_offset.shape[1]
+        src, dst = self._unit_positions(group, s), self._unit_positions(group, s_new)  # (n, U)
+        src, dst = torch.where(src >= 0, src, S), torch.where(dst >= 0, dst, S)  # column S: a dump column
+        in_old = torch.zeros(n, S + 1, dtype=torch.bool).scatter_(1, src, True)[:, :S]  # (n, S)
+        in_new = torch.zeros(n, S + 1, dtype=torch.bool).scatter_(1, dst, True)[:, :S]  # (n, S)
+        ar = torch.arange(S).expand(n, S)  # (n, S)
+        displaced, freed = in_new & ~in_old, in_old & ~in_new  # (n, S), as many of each per row
+        out_of = torch.argsort(torch.where(displaced, ar, ar + S), dim=1, stable=True)[:, :U]  # (n, U)
+        into = torch.argsort(torch.where(freed, ar, ar + S), dim=1, stable=True)[:, :U]  # (n, U)
+        used = torch.arange(U)[None, :] < displaced.sum(1)[:, None]  # (n, U)
+        perm = torch.cat([ar, torch.full((n, 1), S)], 1)  # (n, S+1): perm[q] = source of the token at q
+        perm.scatter_(1, torch.where(used, into, S), out_of)
+        perm.scatter_(1, dst, src)
+        return tokens.gather(1, perm[:, :S])  # (n, S)
+
+    def _anchor_position(self, batch: Batch, gen: torch.Generator) -> tuple[Batch, Tensor]:
+        """Move each row's unit to another start (a permutation of the row); keep the rows where some
+        start puts an unchanged, valid, different key at the new key position and changes the target."""
+        n, G = len(batch), len(self.block_groups)
+        group, tokens = batch.group, batch.tokens  # (n,), (n, S)
+        s = self._block_start(batch)  # (n,)
+        sp = self._rule_split(batch, s)  # (n,) the new row keeps the held-out class of the clean row
+        keys = self._read_keys(batch)
+        rshift = self._rshift_of(batch, keys)
+        old_unit = self._unit_positions(group, s)  # (n, U)
+        key_ri = [ri for ri, r in enumerate(self.roles) if r in KEY_ROLES]
+        V = self._key_index.shape[-1]
+        C = self._starts.shape[1]
+        valid = torch.zeros(n, C, dtype=torch.bool)  # (n, C): start index j is a valid move
+        new_group = torch.zeros(n, C, dtype=torch.long)
+        new_target = torch.zeros(n, C, dtype=torch.long)
+        for j in range(int(self._n_starts.max())):
+            s_new = self._starts[group, j]  # (n,)
+            ok = (j < self._n_starts[group]) & (s_new != s)  # (n,)
+            kpos = self._positions(group, s_new)[:, key_ri]  # (n, K)
+            has_k = kpos >= 0
+            # the new key must be the token already there: no new key position is an old unit position (nor a
+            # new one: slots are distinct), so the moved row holds the clean row's token there
+            hit = (kpos[:, :, None] == old_unit[:, None, :]) & has_k[:, :, None] & (old_unit[:, None, :] >= 0)
+            ok &= ~hit.flatten(1).any(1)
+            new_keys = {self.roles[ri]: tokens.gather(1, kpos[:, i:i + 1].clamp(min=0))[:, 0]
+                        for i, ri in enumerate(key_ri)}
+            # groups that take the new keys at s_new in the row's held-out class (same anchors, unmasked)
+            accepts = self._siblings[group].clone()  # (n, G)
+            for i, ri in enumerate(key_ri):
+                x = new_keys[self.roles[ri]].clamp(0, V - 1)
+                inside = self._key_index[torch.arange(G)[None, :], sp[:, None], s_new[:, None], x[:, None]] >= 0
+                accepts &= inside | ~has_k[:, i:i + 1]  # (n, G)
+            g_new = accepts.long().argmax(1)  # (n,) the first accepting group (at most one in every shipped task)
+            tgt = self._targets(new_keys, g_new, rshift)  # (n,)
+            ok &= accepts.any(1) & (new_keys["key"] != keys["key"]) & (tgt != batch.targets)
+            valid[:, j], new_group[:, j], new_target[:, j] = ok, g_new, tgt
+        kept, j = pick_valid(valid, gen)  # (n,), (n,)
+        idx = kept.nonzero()[:, 0]  # (k,)
+        j = j[idx]
+        s_new = self._starts[group[idx], j]  # (k,)
+        g_new = new_group[idx, j]  # (k,)
+        toks = self._move_unit(tokens[idx], group[idx], s[idx], s_new)  # (k, S)
+        pos = self._positions(g_new, s_new)  # (k, R)
+        return self._make_batch(toks, new_target[idx, j], pos, g_new), idx
+
+    def _anchor_identity(self, batch: Batch, role: str, gen: torch.Generator) -> tuple[Batch, Tensor]:
+        """Replace the anchor of ``role`` by another group's anchor id (same layout, same other anchors,
+        unmasked, the row's key in its table); keep the rows where such a group changes the target."""
+        n, G = len(batch), len(self.block_groups)
+        group = batch.group
+        s = self._block_start(batch)  # (n,)
+        sp = self._rule_split(batch, s)  # (n,)
+        keys = self._read_keys(batch)
+        rshift = self._rshift_of(batch, keys)
+        V = self._key_index.shape[-1]
+        grid = torch.arange(G)[None, :].expand(n, G)  # (n, G)
+        accepts = self._identity_swap[role][group].clone()  # (n, G)
+        for r, x in keys.items():
+            absent = (batch.key_pos if r == "key" else batch.extra[f"{r}_pos"]) < 0  # (n,) group without this key
+            inside = self._key_index[grid, sp[:, None], s[:, None], x.clamp(0, V - 1)[:, None]] >= 0  # (n, G)
+            accepts &= inside | absent[:, None]
+        tgt = self._targets({r: x[:, None] for r, x in keys.items()}, grid,
+                            None if rshift is None else rshift[:, None])  # (n, G)
+        kept, g = pick_valid(accepts & (tgt != batch.targets[:, None]), gen)  # (n,), (n,)
+        idx = kept.nonzero()[:, 0]  # (k,)
+        g_new = g[idx]  # (k,)
+        pos = self._positions(g_new, s[idx])  # (k, R), the same slots as the old group
+        ri = self.roles.index(role)
+        tokens = batch.tokens[idx].clone()  # (k, S)
+        tokens[torch.arange(len(idx)), pos[:, ri]] = self._fixed[g_new, ri]
+        return self._make_batch(tokens, tgt[idx, g_new], pos, g_new), idx
 
     def _check_changed(self, todo: Tensor, kind: str):
         if bool(todo.any()):

@@ -4,6 +4,10 @@ Context (positions 0..seq_len-2) = fillers with two facts "3 x3" and "4 x4" at n
 the last input is the question anchor q in {3, 4}; the target is the key that follows q in the
 context. Groups: "ask3", "ask4". anchor_pos/key_pos = the asked fact; extra: distractor_anchor_pos,
 distractor_key_pos, query_pos.
+
+anchor_position swaps the asked anchor with the token at another context position p' (the other fact
+and the question stay); anchor_identity does not apply (a second 3 or 4 leaves two facts for one
+question).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from anchor_interp.tasks.base import (
     Task,
     TaskError,
     fillers,
+    pick_valid,
     uniform_index,
 )
 from anchor_interp.tasks.batch import Batch
@@ -143,3 +148,41 @@ class ReadingComprehension(Task):
         extra["distractor_anchor_pos"], extra["distractor_key_pos"] = batch.anchor_pos, batch.key_pos
         return Batch(tokens=tokens, targets=tokens[rows, d + 1], anchor_pos=d, key_pos=d + 1, group=batch.group,
                      extra=extra)
+
+    # ------------------------------------------------------------------ single-factor counterfactuals
+
+    def _kind_unavailable(self, kind: str) -> str | None:
+        if kind in ("anchor_identity", "anchor_identity_2"):
+            return ("the context holds one fact per anchor id (3 and 4); replacing the asked anchor by the other "
+                    "id leaves two facts with the same anchor and no single answer")
+        if kind == "anchor_position":
+            return None
+        return super()._kind_unavailable(kind)
+
+    def _counterfactual_kept(self, batch: Batch, kind: str, gen: torch.Generator) -> tuple[Batch, Tensor]:
+        """anchor_position: swap the asked anchor (at p) with the token at p' in 0..seq_len-3. Valid p': the
+        new fact (p', p'+1) does not touch the other fact, p'+1 != p (the new key is the token already at
+        p'+1), and that token x' = b + p' has b in [20, 99] of the row's held-out class, x' != x, x' != y."""
+        n, S = len(batch), self.seq_len
+        rows = torch.arange(n)
+        tokens = batch.tokens  # (n, S)
+        p, d = batch.anchor_pos, batch.extra["distractor_anchor_pos"]  # (n,), (n,)
+        x = tokens[rows, batch.key_pos]  # (n,) the asked key
+        y = tokens[rows, batch.extra["distractor_key_pos"]]  # (n,) the other fact's key
+        test = (x - p) % MODULUS == self.residue  # (n,)
+        cand = torch.arange(S - 2)  # (C,) fact starts inside the context
+        new_key = tokens[:, 1:S - 1]  # (n, C): the token at p'+1 (untouched when p'+1 != p)
+        b = new_key - cand[None, :]  # (n, C)
+        valid = ((cand[None, :] != p[:, None]) & (cand[None, :] + 1 != p[:, None])
+                 & ((cand[None, :] - d[:, None]).abs() > 1)
+                 & (b >= FILLER_LOW) & (b <= FILLER_HIGH) & ((b % MODULUS == self.residue) == test[:, None])
+                 & (new_key != x[:, None]) & (new_key != y[:, None]))  # (n, C)
+        kept, q = pick_valid(valid, gen)  # (n,), (n,)
+        idx = kept.nonzero()[:, 0]  # (k,)
+        q, p_old = q[idx], p[idx]  # (k,)
+        k = torch.arange(len(idx))
+        toks = tokens[idx].clone()  # (k, S)
+        toks[k, p_old], toks[k, q] = tokens[idx, q], tokens[idx, p_old]
+        extra = {f: v[idx] for f, v in batch.extra.items()}
+        return Batch(tokens=toks, targets=toks[k, q + 1], anchor_pos=q, key_pos=q + 1, group=batch.group[idx],
+                     extra=extra), idx

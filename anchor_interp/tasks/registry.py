@@ -101,18 +101,31 @@ def statistical_output(seq_len: int = SEQ_LEN) -> BlockTask:
 # ---------------------------------------------------------------------- recitation (paper)
 
 
+_FORWARD_SLOTS = (("cue", 0), ("anchor", 1), ("key", 2))  # 'a 3 b', question a, target b
+_REVERSE_SLOTS = (("key", 0), ("anchor", 1), ("cue", 2))  # 'a 3 b', question b, target a
+
+
 def recitation_forward(seq_len: int = SEQ_LEN) -> BlockTask:
     """'a 3 b' in the context, last input a, target b."""
-    g = BlockGroup("all", (("cue", 0), ("anchor", 1), ("key", 2)), {"anchor": 3}, BASE_VALUES)
+    g = BlockGroup("all", _FORWARD_SLOTS, {"anchor": 3}, BASE_VALUES)
     return BlockTask("recitation_forward", {"seq_len": seq_len}, [g], seq_len=_seq("recitation_forward", seq_len),
                      query_cue=True, description="'a 3 b' in context, last input a, target b")
 
 
 def recitation_reverse(seq_len: int = SEQ_LEN) -> BlockTask:
     """'a 3 b' in the context, last input b, target a."""
-    g = BlockGroup("all", (("key", 0), ("anchor", 1), ("cue", 2)), {"anchor": 3}, BASE_VALUES)
+    g = BlockGroup("all", _REVERSE_SLOTS, {"anchor": 3}, BASE_VALUES)
     return BlockTask("recitation_reverse", {"seq_len": seq_len}, [g], seq_len=_seq("recitation_reverse", seq_len),
                      query_cue=True, description="'a 3 b' in context, last input b, target a")
+
+
+def recitation(seq_len: int = SEQ_LEN) -> BlockTask:
+    """Forward and reverse recitation in one task, as the paper trains them: groups "forward" (last input a,
+    target b) and "reverse" (last input b, target a), weight 0.5 each, so the question token matters."""
+    groups = [BlockGroup("forward", _FORWARD_SLOTS, {"anchor": 3}, BASE_VALUES, weight=0.5),
+              BlockGroup("reverse", _REVERSE_SLOTS, {"anchor": 3}, BASE_VALUES, weight=0.5)]
+    return BlockTask("recitation", {"seq_len": seq_len}, groups, seq_len=_seq("recitation", seq_len), query_cue=True,
+                     description="'a 3 b' in context; last input a -> b (forward) or b -> a (reverse), 0.5 / 0.5")
 
 
 # ---------------------------------------------------------------------- composition, synonym (paper)
@@ -267,6 +280,7 @@ _FACTORIES = {
     "identity_residue": identity_residue,
     "recitation_forward": recitation_forward,
     "recitation_reverse": recitation_reverse,
+    "recitation": recitation,
     "composition": composition,
     "synonym": synonym,
     "multi_anchor_two_interval": multi_anchor_two_interval,

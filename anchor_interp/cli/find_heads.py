@@ -1,0 +1,307 @@
+"""anchor-find-heads: label the shift and broadcast heads of an anchor-task model and write the report.
+
+    anchor-find-heads                       # the shipped default model -> out/find_heads/report.html
+    anchor-find-heads --checkpoint runs/x   # a saved checkpoint folder
+    anchor-find-heads --train --task identity --seed 3
+    anchor-find-heads --from-json out/find_heads/report.json --report again.html   # re-render only
+
+Arguments are parsed and checked before torch or TransformerLens are imported, so ``--help`` and
+bad input answer at once. Bad input (a missing or corrupt checkpoint, a task that does not match,
+an unknown option value, an output that exists without --force) prints ONE line on stderr and exits
+with status 2. Exit status 0 = success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from anchor_interp.cli.args import (
+    UsageError,
+    _device,
+    _nonneg_int,
+    _Parser,
+)
+
+PROG = "anchor-find-heads"
+DEFAULT_REPORT = Path("out") / "find_heads" / "report.html"
+
+
+def _n_samples(text: str) -> int:
+    value = _nonneg_int("--n-samples")(text)
+    if not 8 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--n-samples must be in 8..1000000, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Find the shift and broadcast heads of a transformer trained on an anchor-function task, "
+        "with causal evidence (patching, ablation), and write a self-contained HTML report. "
+        "With no arguments: the shipped default model.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (model.safetensors + checkpoint.json)")
+    src.add_argument("--train", action="store_true", help="train a fresh model first (with progress), then analyse it")
+    src.add_argument("--from-json", metavar="PATH", help="re-render the report from a saved result JSON; computes nothing")
+    p.add_argument("--task", metavar="NAME", help="task name (default: the model's own task; required to match it)")
+    p.add_argument("--preset", metavar="NAME", default="small", help="model preset for --train (default: small)")
+    p.add_argument("--recipe", metavar="NAME", default="fast", help="training recipe for --train (default: fast)")
+    p.add_argument("--epochs", type=_nonneg_int("--epochs"), metavar="N",
+                   help="with --train: train for N epochs instead of the recipe's")
+    p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of every sample drawn (default: 0)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--n-samples", type=_n_samples, default=256, metavar="N",
+                   help="held-out rows for accuracy, labels, patching and ablation (default: 256)")
+    p.add_argument("--json", metavar="PATH", help="result JSON (default: the report path with .json)")
+    p.add_argument("--report", metavar="PATH", help=f"HTML report (default: {DEFAULT_REPORT}; PNG figures go beside it)")
+    p.add_argument("--no-report", action="store_true", help="write only the JSON result")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report / JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _output_paths(args) -> tuple[Path | None, Path | None]:
+    """(report, json) paths after defaults; UsageError for bad suffixes or existing files without --force."""
+    report = Path(args.report) if args.report else None
+    js = Path(args.json) if args.json else None
+    if report is None and js is None:
+        report = DEFAULT_REPORT
+    if report is None:
+        report = js.with_suffix(".html")
+    if js is None and not args.from_json:
+        js = report.with_suffix(".json")
+    if args.no_report:
+        if args.report:
+            raise UsageError("--no-report and --report contradict each other; give one")
+        report = None
+    if report is not None and report.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--report {report}: the report path must end in .html")
+    if js is not None and js.suffix.lower() != ".json":
+        raise UsageError(f"--json {js}: the result path must end in .json")
+    if report is not None and js is not None and report.resolve() == js.resolve():
+        raise UsageError("--report and --json name the same file")
+    for flag, path in (("--report", report), ("--json", js)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a directory; give a file path")
+        if path.exists() and not args.force:
+            raise UsageError(f"{flag} {path} exists; pass --force to overwrite it or choose another path")
+        if flag == "--report" and not args.force and not args.from_json:
+            from anchor_interp.report import report_paths
+
+            pngs = [str(p) for p in list(report_paths(path).values())[1:] if p.exists()]
+            if pngs:
+                raise UsageError(f"--report {path}: its figure {pngs[0]} exists; pass --force to overwrite it")
+        parent = path.parent if str(path.parent) else Path(".")
+        anc = parent
+        while not anc.exists():
+            anc = anc.parent
+        if not anc.is_dir() or not os.access(anc, os.W_OK):
+            raise UsageError(f"{flag} {path}: cannot create files under {anc}")
+    return report, js
+
+
+def _check_inputs(args) -> None:
+    if args.checkpoint is not None:
+        ck = Path(args.checkpoint)
+        if not ck.exists():
+            raise UsageError(f"--checkpoint {ck} does not exist")
+        if not ck.is_dir() or not (ck / "checkpoint.json").is_file():
+            raise UsageError(f"--checkpoint {ck} is not a checkpoint folder (it needs checkpoint.json and model.safetensors)")
+    if args.from_json is not None:
+        if not Path(args.from_json).is_file():
+            raise UsageError(f"--from-json {args.from_json} does not exist")
+        for flag in ("task", "train", "json", "no_report"):
+            if getattr(args, flag):
+                raise UsageError(f"--from-json re-renders a saved result; --{flag.replace('_', '-')} does not apply")
+    for flag, value, default in (("preset", args.preset, "small"), ("recipe", args.recipe, "fast"),
+                                 ("epochs", args.epochs, None)):
+        if value != default and not args.train:
+            raise UsageError(f"--{flag} applies only with --train")
+    if args.epochs == 0:
+        raise UsageError("--epochs must be >= 1")
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``anchor-find-heads`` and ``analyses/find_heads.py``. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help
+            return int(e.code or 0)
+        _check_inputs(args)
+        report_path, json_path = _output_paths(args)
+        if args.from_json:
+            return _rerender(args, report_path)
+        return _run(args, argv, report_path, json_path)
+    except (ValueError, FileExistsError) as e:  # UsageError, CheckpointError, bad task/result: one line
+        msg = " ".join(str(e).split())
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _rerender(args, report_path: Path) -> int:
+    from anchor_interp.report import write_report
+    from anchor_interp.result import FindHeadsResult
+
+    result = FindHeadsResult.load_json(args.from_json)
+    path = write_report(result, report_path, overwrite=args.force)
+    print(f"report: {path}")
+    return 0
+
+
+def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None) -> int:
+    t_start = time.perf_counter()
+    import torch
+
+    # The anchor models are tiny: one thread is as fast as several, and it does not stall on a busy machine.
+    torch.set_num_threads(1)
+    _check_device(args.device, torch)
+    model, task, history, preset, source = _load_model(args)
+    if args.device != "cpu":
+        model = model.to(args.device)
+    _say(args, f"model: {source} ({preset or 'custom'}), task {task.name!r}; analysing ...")
+
+    from anchor_interp.find_heads import find_heads
+
+    command = " ".join([PROG] + [shlex.quote(a) for a in argv])
+    result = find_heads(
+        model, task, seed=args.seed, n_samples=args.n_samples, history=history, preset=preset, source=source,
+        command=command, device=args.device, log=lambda m: _say(args, m),
+    )
+    print(format_head_table(result.to_dict()))
+    if json_path is not None:
+        result.save_json(json_path, overwrite=args.force)
+        print(f"json: {json_path}")
+    if report_path is not None:
+        from anchor_interp.report import write_report
+
+        write_report(result, report_path, overwrite=args.force)
+        print(f"report: {report_path}")
+    _say(args, f"done in {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+def _check_device(device: str, torch) -> None:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available on this machine; use --device cpu")
+
+
+def _read_history(folder: Path) -> list[dict]:
+    import json
+
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    hist = meta.get("history") if isinstance(meta, dict) else None
+    return [r for r in hist if isinstance(r, dict)] if isinstance(hist, list) else []
+
+
+def _load_model(args):
+    """(model, task, history, preset, source) for the chosen model source."""
+    from anchor_interp.models import checkpoint as ckpt
+    from anchor_interp.tasks import make_task
+
+    if args.checkpoint is not None:
+        task = make_task(args.task) if args.task else None
+        model, task = ckpt.load_checkpoint(args.checkpoint, task=task)
+        folder = Path(args.checkpoint)
+        return model, task, _read_history(folder), _preset_of(folder), str(folder)
+    if args.train:
+        return _train(args)
+    from anchor_interp.models import zoo
+
+    model, task = zoo.load("default")
+    if args.task and args.task != task.name:
+        raise UsageError(
+            f"--task {args.task}: the shipped default model is trained on {task.name!r}; "
+            "use --train or --checkpoint for another task"
+        )
+    folder = zoo.path("default")
+    return model, task, _read_history(folder), _preset_of(folder), "zoo:default"
+
+
+def _preset_of(folder: Path) -> str | None:
+    import json
+
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
+        return meta.get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _train(args):
+    from anchor_interp import training
+    from anchor_interp.models import make_model
+    from anchor_interp.tasks import make_task
+
+    task = make_task(args.task or "identity")
+    model = make_model(args.preset, task, seed=args.seed, device=args.device)
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    recipe = training.get_recipe(args.recipe, **overrides)  # ValueError for an unknown recipe
+    _say(args, f"training preset {args.preset!r} on {task.name!r} with recipe {recipe.name!r} "
+               f"({recipe.epochs} epochs, seed {args.seed}) ...")
+    out = training.train(model, task, recipe, seed=args.seed, device=args.device, progress=not args.quiet,
+                         preset=args.preset)
+    model.eval()
+    source = f"trained now (preset {args.preset}, recipe {recipe.name}, {recipe.epochs} epochs, seed {args.seed})"
+    return model, task, list(out.history), args.preset, source
+
+
+def format_head_table(result: dict) -> str:
+    """The console table: one line per head (layer, head, label, key scores, causal effect)."""
+    from anchor_interp.result import key_scores
+
+    heads = sorted(result.get("heads") or [], key=lambda h: (h["layer"], h["head"]))
+    acc = result.get("accuracy") or {}
+    overall = acc.get("overall")
+    lines = [f"held-out accuracy {overall if overall is None else f'{overall:.3f}'} ({acc.get('n', '?')} rows)"]
+    lines.append(f"{'head':<6} {'label':<10} {'offset/kind':<12} {'shift':>5} {'bcast':>5} {'effect':>7}  "
+                 f"{'counterfactual':<14} {'conf':>5}  group")
+
+    def num(x, fmt):
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+    for h in heads:
+        detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
+        ks = key_scores(h)
+        lines.append(
+            f"{h['name']:<6} {h.get('label', '?'):<10} {detail:<12} {num(ks['shift'], '.2f'):>5} "
+            f"{num(ks['broadcast'], '.2f'):>5} {num(h.get('causal_effect'), '.3f'):>7}  "
+            f"{str(h.get('counterfactual') or '-'):<14} {num(h.get('confidence'), '.2f'):>5}  {h.get('group') or ''}"
+        )
+    for g in result.get("groups") or []:
+        lines.append(f"group {g.get('name')}: {', '.join(g.get('heads') or [])} ({g.get('label', '')}), "
+                     f"joint effect {num(g.get('joint_effect'), '.3f')} ({g.get('metric', '')})")
+    for c in (result.get("ablation") or {}).get("checks") or []:
+        lines.append(f"check {c['name']}: accuracy {num(c.get('accuracy'), '.3f')} "
+                     f"(expected {c.get('expected')}): {'pass' if c.get('passed') else 'FAIL'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""find_heads: one call from a trained model to a JSON-serialisable result that names its heads.
+
+    held-out batch -> accuracy per group -> label_heads -> patching heatmaps
+                   -> ablation circuit checks -> example attention patterns -> FindHeadsResult
+
+The orchestrator: it validates its options once and runs the stages in order (``anchor_interp.labels``,
+``anchor_interp.patching``, ``anchor_interp.scores.ablation``); the schema it fills lives in
+:mod:`anchor_interp.result`. Importing this module is cheap (no torch); ``find_heads`` imports what it
+needs when called.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from anchor_interp.names import head_name, layer_hook_names
+from anchor_interp.result import PATCHING_SWEEPS, SCHEMA_VERSION, FindHeadsResult, json_safe, key_scores
+
+__all__ = [
+    "MAX_CIRCUIT_ABLATED_ACCURACY",
+    "MIN_KEPT_FRACTION",
+    "PATCHING_SWEEPS",
+    "SCHEMA_VERSION",
+    "FindHeadsResult",
+    "accuracy_by_group",
+    "example_patterns",
+    "find_heads",
+    "json_safe",
+    "key_scores",
+    "model_summary",
+]
+
+
+def find_heads(
+    model,
+    task,
+    *,
+    seed: int = 0,
+    n_samples: int = 256,
+    n_examples: int = 3,
+    patching: bool = True,
+    ablation: bool = True,
+    ablation_method: str = "mean",
+    history: list[dict[str, Any]] | None = None,
+    source: str = "",
+    preset: str | None = None,
+    command: str = "",
+    device: str | None = None,
+    log=None,
+) -> FindHeadsResult:
+    """Label every head of ``model`` on held-out data of ``task`` and gather the evidence for the report.
+
+    ``model``: a HookedTransformer whose ``cfg.d_vocab`` / ``cfg.n_ctx`` fit ``task``. ``seed`` seeds
+    every sample drawn (same seed, same result on CPU). ``n_samples`` held-out rows (8..1e6) feed
+    accuracy, labels, patching and ablation; ``n_examples`` (0..16) of them keep their attention
+    patterns for the report. ``patching`` / ``ablation`` switch those stages off. ``history``,
+    ``source``, ``preset`` and ``command`` are recorded as given. ``log``: optional callable receiving
+    progress lines. Raises ValueError for out-of-range options or a model that does not fit the task.
+    """
+    _check_int("seed", seed, lo=0)
+    _check_int("n_samples", n_samples, lo=8, hi=1_000_000)
+    _check_int("n_examples", n_examples, lo=0, hi=16)
+    if ablation_method not in ("zero", "mean", "resample"):
+        raise ValueError(f"ablation_method={ablation_method!r}; allowed: 'zero', 'mean', 'resample'")
+    import torch
+
+    from anchor_interp.models.validate import check_model_fits_task
+
+    check_model_fits_task(model.cfg, task)
+
+    log = log or (lambda msg: None)
+    if device is None:
+        device = str(next(model.parameters()).device)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        t1 = time.perf_counter()
+        timings[name] = round(t1 - t0, 4)
+        t0 = t1
+
+    model.eval()
+    with torch.no_grad():
+        batch = task.sample(n_samples, split="test", seed=seed, device=device)
+        lap("sample")
+        accuracy = accuracy_by_group(model, task, batch)
+        lap("accuracy")
+    log(f"held-out accuracy {accuracy['overall']:.3f} on {accuracy['n']} rows")
+    heads, groups = _label(model, task, batch, seed=seed, method=ablation_method)
+    lap("label_heads")
+    log("labels: " + ", ".join(f"{h['name']}={h['label']}" for h in heads))
+    patch = _patching_heatmaps(model, task, batch, seed=seed) if patching else {}
+    lap("patching")
+    abl = _ablation_checks(model, task, batch, heads, method=ablation_method, seed=seed) if ablation else {}
+    lap("ablation")
+    with torch.no_grad():
+        examples = example_patterns(model, task, batch, n_examples)
+    lap("examples")
+    return FindHeadsResult(
+        seed=seed,
+        model=model_summary(model, preset=preset, source=source),
+        task=task.to_dict(),
+        accuracy=accuracy,
+        heads=heads,
+        groups=groups,
+        patching=patch,
+        ablation=abl,
+        examples=examples,
+        history=list(history or []),
+        command=command,
+        timings=timings,
+    )
+
+
+def _check_int(name: str, value, *, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name}={value} is out of range; allowed: {lo}..{hi if hi is not None else 'inf'}")
+
+
+def model_summary(model, *, preset: str | None = None, source: str = "") -> dict[str, Any]:
+    """Architecture facts for the report header (all JSON scalars)."""
+    cfg = model.cfg
+    return {
+        "preset": preset,
+        "source": source,
+        "n_layers": int(cfg.n_layers),
+        "n_heads": int(cfg.n_heads),
+        "d_model": int(cfg.d_model),
+        "d_head": int(cfg.d_head),
+        "d_mlp": None if cfg.attn_only or cfg.d_mlp is None else int(cfg.d_mlp),
+        "attn_only": bool(cfg.attn_only),
+        "causal": getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        "normalization_type": cfg.normalization_type,
+        "n_ctx": int(cfg.n_ctx),
+        "d_vocab": int(cfg.d_vocab),
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def accuracy_by_group(model, task, batch) -> dict[str, Any]:
+    """Held-out argmax accuracy at the last position, in [0, 1]: ``overall`` over the unmasked groups,
+    ``masked_accuracy`` over the masked ones (never trained on; None when there are none), and per
+    ``task.groups`` entry by name.
+
+    This is the one meaning of "held-out accuracy" everywhere (training history's ``test_acc`` too).
+    Rows whose target is -1 (no correct answer) are left out; a group with no scored rows has
+    accuracy None. ``loss``: mean cross-entropy (nats) over the scored unmasked rows.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits = model(batch.tokens)[:, -1]  # (B, V)
+    valid = batch.targets >= 0  # (B,)
+    correct = (logits.argmax(-1) == batch.targets) & valid  # (B,)
+    masked_group = torch.tensor([bool(g.masked) for g in task.groups], device=batch.group.device)
+    in_masked = masked_group[batch.group.clamp_min(0)] & (batch.group >= 0)  # (B,)
+    seen, unseen = valid & ~in_masked, valid & in_masked
+    loss = F.cross_entropy(logits[seen], batch.targets[seen]) if bool(seen.any()) else torch.tensor(float("nan"))
+    groups = []
+    for gi, g in enumerate(task.groups):
+        sel = (batch.group == gi) & valid
+        n = int(sel.sum())
+        groups.append({"name": g.name, "masked": bool(g.masked), "n": n,
+                       "accuracy": float(correct[sel].float().mean()) if n else None})
+    n_seen, n_unseen = int(seen.sum()), int(unseen.sum())
+    return {
+        "split": "test",
+        "n": n_seen,
+        "overall": float(correct[seen].float().mean()) if n_seen else None,
+        "loss": float(loss),
+        "n_masked": n_unseen,
+        "masked_accuracy": float(correct[unseen].float().mean()) if n_unseen else None,
+        "groups": groups,
+    }
+
+
+def _example_rows(batch, n: int) -> list[int]:
+    """First rows with distinct anchor positions (so the examples show the operations in different places)."""
+    seen, rows = set(), []
+    anchor = batch.anchor_pos.tolist()
+    for i, a in enumerate(anchor):
+        if len(rows) == n:
+            break
+        if a not in seen:
+            seen.add(a)
+            rows.append(i)
+    for i in range(len(anchor)):  # fewer distinct positions than n: fill in order
+        if len(rows) == n:
+            break
+        if i not in rows:
+            rows.append(i)
+    return rows
+
+
+def example_patterns(model, task, batch, n_examples: int, decimals: int = 3) -> list[dict[str, Any]]:
+    """``n_examples`` rows of ``batch`` with their token labels, prediction and every layer's pattern.
+
+    ``patterns`` maps ``blocks.L.attn.hook_pattern`` to ``[head][dest_pos][src_pos]`` attention
+    weights in [0, 1], rounded to ``decimals``.
+    """
+    if n_examples == 0:
+        return []
+    rows = _example_rows(batch, n_examples)
+    sub = batch.select(rows)
+    names = layer_hook_names("pattern", model.cfg.n_layers)
+    logits, cache = model.run_with_cache(sub.tokens, names_filter=lambda name: name in names)
+    preds = logits[:, -1].argmax(-1).tolist()
+    group_names = [g.name for g in task.groups]
+    out = []
+    for i in range(len(rows)):
+        extra = {k: int(v[i]) for k, v in sub.extra.items()}
+        anchor, key = int(sub.anchor_pos[i]), int(sub.key_pos[i])
+        out.append({
+            "tokens": [int(t) for t in sub.tokens[i].tolist()],
+            "token_labels": task.token_labels(sub.tokens[i], anchor_pos=anchor, key_pos=key, extra=extra),
+            "anchor_pos": anchor,
+            "key_pos": key,
+            "target": int(sub.targets[i]),
+            "prediction": int(preds[i]),
+            "group": group_names[int(sub.group[i])] if 0 <= int(sub.group[i]) < len(group_names) else None,
+            "patterns": {name: cache[name][i].round(decimals=decimals).tolist() for name in names},
+        })
+    return out
+
+
+# The stages below call the analysis modules (heads, patching, ablation); see docs/interfaces.md.
+
+
+def _label(model, task, batch, *, seed: int, method: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(head records, head groups) from anchor_interp.labels.analyse_heads, as dicts ordered by (layer, head)."""
+    from anchor_interp.labels import analyse_heads
+
+    analysis = analyse_heads(model, batch, task=task, seed=seed, method=method)
+    heads = sorted((r.to_dict() for r in analysis.records), key=lambda h: (h["layer"], h["head"]))
+    return heads, [g.to_dict() for g in analysis.groups]
+
+
+MAX_CIRCUIT_ABLATED_ACCURACY = 0.1  # issue 4: ablating the labelled heads brings accuracy to <= 0.1
+MIN_KEPT_FRACTION = 0.95  # ... and ablating every other head keeps >= 95% of it
+
+
+def _fixed_anchor_rows(batch) -> tuple[int, list[int]]:
+    """(anchor position, row indices) of the rows sharing one anchor position: the position with at
+    least 8 rows closest to the middle of the sequence (-1 and all rows if no position has 8)."""
+    anchor = batch.anchor_pos.tolist()
+    counts: dict[int, int] = {}
+    for a in anchor:
+        if a >= 0:
+            counts[a] = counts.get(a, 0) + 1
+    ok = [a for a, c in counts.items() if c >= 8]
+    if not ok:
+        return -1, list(range(len(anchor)))
+    mid = (batch.tokens.shape[1] - 1) / 2
+    p = min(ok, key=lambda a: (abs(a - mid), a))
+    return p, [i for i, a in enumerate(anchor) if a == p]
+
+
+def _patching_heatmaps(model, task, batch, *, seed: int) -> dict[str, dict[str, Any]]:
+    """Exact activation patching (clean = held-out batch, corrupt = its counterfactual), see PATCHING_SWEEPS.
+
+    Residual-stream sweeps (layer x pos) use only the rows whose anchor sits at one position, so that
+    "pos" means the same token role in every row (over all rows the key's position varies and each
+    position would restore only the rows whose key is there).
+    """
+    from anchor_interp import patching
+
+    out: dict[str, dict[str, Any]] = {}
+    corrupt: dict[str, Any] = {}
+    anchor_p, rows = _fixed_anchor_rows(batch)
+    for name, sweep, kind in PATCHING_SWEEPS:
+        if kind not in corrupt:
+            corrupt[kind] = task.counterfactual(batch, kind, seed=seed)
+        if sweep == "resid_pre":
+            clean, corr = batch.select(rows), corrupt[kind].select(rows)
+            d = patching.patch_resid_pre(model, clean, corr, counterfactual=kind).to_dict()
+            key_p = int(clean.key_pos[0]) if len(rows) and bool((clean.key_pos == clean.key_pos[0]).all()) else -1
+            labels = [str(i) for i in range(batch.tokens.shape[1])]
+            if anchor_p >= 0:
+                labels[anchor_p] = f"{anchor_p}:A"
+            if key_p >= 0:
+                labels[key_p] = f"{key_p}:K"
+            d["extra"] = {**d.get("extra", {}), "pos_labels": labels,
+                          "rows": f"{len(rows)} held-out rows with the anchor at position {anchor_p}"}
+        else:
+            d = patching.patch_head_out(model, batch, corrupt[kind], counterfactual=kind).to_dict()
+        out[name] = d
+    return out
+
+
+def _ablation_checks(model, task, batch, heads, *, method: str, seed: int) -> dict[str, Any]:
+    """Circuit checks: ablate the labelled heads together (accuracy should collapse), then every other
+    head together (accuracy should stay). Accuracy in [0, 1] and loss (nats) at the last position of the
+    held-out batch, which is also the reference for mean/resample ablation. Per-head ablation effects
+    are in each head's scores (``ablation_accuracy_drop``), computed by label_heads.
+    """
+    from anchor_interp.scores import ablation
+
+    tokens, targets = batch.tokens, batch.targets
+    every = [(h["layer"], h["head"]) for h in heads]
+    labelled = [(h["layer"], h["head"]) for h in heads if h["label"] in ("shift", "broadcast")]
+    rest = [h for h in every if h not in labelled]
+    out: dict[str, Any] = {
+        "method": method,
+        "thresholds": {"max_circuit_ablated_accuracy": MAX_CIRCUIT_ABLATED_ACCURACY,
+                       "min_kept_fraction": MIN_KEPT_FRACTION},
+        "checks": [],
+    }
+    without_circuit = ablation.ablate(model, tokens, labelled, targets=targets, method=method, seed=seed)
+    base = without_circuit.base_accuracy
+    out["baseline"] = {"accuracy": base, "loss": without_circuit.base_loss}
+    if not labelled:
+        out["note"] = "no head is labelled shift or broadcast, so there is no circuit to check"
+        return out
+    out["checks"].append({
+        "name": "ablate labelled heads", "heads": [head_name(*h) for h in labelled],
+        "accuracy": without_circuit.accuracy, "loss": without_circuit.loss, "kl": without_circuit.kl,
+        "expected": f"accuracy <= {MAX_CIRCUIT_ABLATED_ACCURACY}",
+        "passed": without_circuit.accuracy <= MAX_CIRCUIT_ABLATED_ACCURACY,
+    })
+    r = ablation.ablate(model, tokens, rest, targets=targets, method=method, seed=seed)
+    kept = r.accuracy / base if base > 0 else float("nan")
+    out["checks"].append({
+        "name": "ablate all other heads", "heads": [head_name(*h) for h in rest], "accuracy": r.accuracy,
+        "loss": r.loss, "kl": r.kl, "kept_fraction": kept,
+        "expected": f"accuracy >= {MIN_KEPT_FRACTION} x baseline", "passed": bool(kept >= MIN_KEPT_FRACTION),
+    })
+    if not rest:
+        out["checks"][-1]["note"] = "every head is labelled: there is no other head to ablate"
+    return out

@@ -1,0 +1,427 @@
+"""One self-contained HTML report per find_heads analysis, rendered from a FindHeadsResult alone.
+
+The page works offline: the circuitsvis JavaScript bundle (``circuitsvis/dist/cdn/iife.js``, the
+bundle that ``RenderedHTML.local_src`` inlines) goes into the page ONCE, and every attention plot is
+drawn into its own element by ``CircuitsVis.render(elementId, CircuitsVis.AttentionHeads, props)``.
+Props travel as JSON in ``<script type="application/json">`` blocks with ``<``, ``>`` and ``&``
+written as ``\\u003c`` / ``\\u003e`` / ``\\u0026``, so no data string (a token named ``</script>``,
+say) can end a script; every string shown as HTML goes through ``html.escape``. Matplotlib figures
+are embedded as PNG data and saved as PNG files next to the report. Files are written atomically.
+
+Reading the report: docs/report.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from anchor_interp.atomic import atomic_write_bytes, atomic_write_text
+from anchor_interp.names import head_name
+from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores
+
+BUNDLE_MARKER = "anchor-interp-circuitsvis-bundle"
+
+
+@lru_cache(maxsize=1)
+def circuitsvis_bundle() -> str:
+    """The circuitsvis browser bundle (defines the global ``CircuitsVis``), safe to inline in <script>.
+
+    Found without importing circuitsvis (which imports torch). ``</script`` inside its string
+    literals is written ``<\\/script`` (the same string in JavaScript) and the source-map comment is
+    dropped, so the page requests nothing. Raises RuntimeError if circuitsvis is not installed.
+    """
+    spec = importlib.util.find_spec("circuitsvis")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("circuitsvis is not installed; pip install circuitsvis==1.43.3")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dist" / "cdn" / "iife.js"
+    if not path.is_file():
+        raise RuntimeError(f"circuitsvis bundle not found at {path}; reinstall circuitsvis==1.43.3")
+    js = path.read_text(encoding="utf-8")
+    js = re.sub(r"</(script)", r"<\\/\1", js, flags=re.IGNORECASE)
+    js = re.sub(r"^//# sourceMappingURL=.*$", "", js, flags=re.MULTILINE)
+    js = js.replace("<!--", "<\\!--")
+    return js
+
+
+def json_for_script(value: Any) -> str:
+    """JSON text that is safe inside any <script> element: no ``<``, ``>`` or ``&`` characters."""
+    text = json.dumps(json_safe(value), allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict | None = None) -> dict[str, Path]:
+    """Every file `write_report` would write: ``{"html": path, "<figure>": png path, ...}``.
+
+    PNGs go next to the HTML as ``<stem>_<figure>.png``. With ``result=None``: every file a find_heads
+    result can lead to (so a caller can refuse to overwrite before computing anything).
+    """
+    from anchor_interp.report.plots import _slug, figure_names
+
+    path = Path(path)
+    if result is None:
+        names = ["head_patterns", *("patching_" + _slug(n) for n, _, _ in PATCHING_SWEEPS), "ablation", "history"]
+    else:
+        names = figure_names(result.to_dict() if isinstance(result, FindHeadsResult) else result)
+    out = {"html": path}
+    for name in names:
+        out[name] = path.with_name(f"{path.stem}_{name}.png")
+    return out
+
+
+def write_report(
+    result: FindHeadsResult | dict, path: str | os.PathLike, *, overwrite: bool = False, figures: bool = True
+) -> Path:
+    """Render ``result`` to a self-contained HTML file at ``path`` (and its PNG figures beside it).
+
+    Raises FileExistsError if the HTML or a PNG it would write exists and ``overwrite`` is False;
+    ValueError if ``result`` is not a valid schema-1 result. Returns the HTML path.
+    """
+    res = result if isinstance(result, FindHeadsResult) else FindHeadsResult.from_dict(result)
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"report path {path} must end in .html")
+    from anchor_interp.report.plots import figure_names, figure_png, result_figures
+
+    d = res.to_dict()
+    names = figure_names(d) if figures else []
+    if not overwrite:  # check before drawing anything
+        targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in names]
+        existing = [str(p) for p in targets if p.exists()]
+        if existing:
+            raise FileExistsError(f"would overwrite {', '.join(existing)}; pass overwrite=True (CLI: --force)")
+    pngs = {name: figure_png(fig) for name, fig in result_figures(d).items()} if figures else {}
+    for name, data in pngs.items():
+        atomic_write_bytes(path.with_name(f"{path.stem}_{name}.png"), data, make_parents=True)
+    atomic_write_text(path, render_html(res, pngs), make_parents=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;
+ padding:16px 24px;color:#222}
+h1{font-size:1.5em;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f4f4f4;cursor:pointer;user-select:none} th[aria-sort]::after{content:" \\2195";color:#999}
+tr.shift td.label{background:#dbeafe} tr.broadcast td.label{background:#fde68a}
+tr.neither td.label{color:#777} td.num{text-align:right;font-variant-numeric:tabular-nums}
+dl.meta{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:14px}
+dl.meta dt{font-weight:600} dl.meta dd{margin:0}
+code,.tokens{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+.tokens span{display:inline-block;padding:1px 4px;margin:1px;border:1px solid #ddd;border-radius:3px}
+.tokens span.anchor{background:#fde68a} .tokens span.key{background:#dbeafe}
+.note{color:#555;font-size:13px} .fail{color:#b91c1c;font-weight:600} .pass{color:#15803d}
+figure{margin:12px 0} figure img{max-width:100%} figcaption{font-size:13px;color:#555}
+.cv{min-height:40px}
+.layers{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:8px 20px}
+"""
+
+# Draw every attention plot from its JSON props, then sort tables on header click.
+_RENDER_JS = """
+(function(){
+  var els = document.querySelectorAll('div.cv[data-props]');
+  var drawn = 0;
+  els.forEach(function(el){
+    try {
+      var props = JSON.parse(document.getElementById(el.dataset.props).textContent);
+      CircuitsVis.render(el.id, CircuitsVis.AttentionHeads, props);
+      drawn += 1;
+    } catch (e) { el.textContent = 'attention plot failed: ' + e; }
+  });
+  document.body.dataset.cvRendered = String(drawn);
+  document.querySelectorAll('table.sortable th').forEach(function(th, col){
+    th.addEventListener('click', function(){
+      var tbody = th.closest('table').tBodies[0];
+      var rows = Array.prototype.slice.call(tbody.rows);
+      var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+      rows.sort(function(a, b){
+        var x = a.cells[col].dataset.v || a.cells[col].textContent;
+        var y = b.cells[col].dataset.v || b.cells[col].textContent;
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return asc ? c : -c;
+      });
+      rows.forEach(function(r){ tbody.appendChild(r); });
+    });
+  });
+})();
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _head_title(h: dict[str, Any]) -> str:
+    label = h.get("label") or "?"
+    if label == "shift" and h.get("offset") is not None:
+        return f"{h['name']} shift({h['offset']:+d})"
+    if label == "broadcast":
+        return f"{h['name']} broadcast"
+    return h["name"]
+
+
+def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -> str:
+    """The report page as one string (see the module docstring for what it contains)."""
+    d = result.to_dict()
+    pngs = pngs or {}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(_title(d))}</title>",
+        f"<style>{_CSS}</style>",
+        f'<script id="{BUNDLE_MARKER}">{circuitsvis_bundle()}</script>',
+        "</head><body>",
+        f"<h1>{_e(_title(d))}</h1>",
+        _header(d),
+        _accuracy_section(d),
+        _heads_section(d),
+        _patterns_section(d),
+        _evidence_section(d, pngs),
+        _history_section(d, pngs),
+        _footer(d),
+        f'<script type="application/json" id="find-heads-result">{json_for_script(d)}</script>',
+        f"<script>{_RENDER_JS}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _title(d: dict[str, Any]) -> str:
+    m, t = d.get("model") or {}, d.get("task") or {}
+    return f"find_heads: {t.get('name', 'task')} on {m.get('preset') or 'model'} ({m.get('source', '')})".replace(
+        " ()", ""
+    )
+
+
+def _header(d: dict[str, Any]) -> str:
+    m, t, acc = d.get("model") or {}, d.get("task") or {}, d.get("accuracy") or {}
+    dims = f"{m.get('n_layers', '?')} layers × {m.get('n_heads', '?')} heads"
+    extra = []
+    for k in ("d_model", "d_head", "attn_only", "causal", "n_ctx", "d_vocab"):
+        if k in m:
+            extra.append(f"{k}={m[k]}")
+    n_params = m.get("n_params")
+    rows = [
+        ("model", f"{m.get('preset') or '–'}: {dims}, "
+                  f"{n_params:,} parameters" if isinstance(n_params, int) else f"{m.get('preset') or '–'}: {dims}"),
+        ("model details", ", ".join(extra) or "–"),
+        ("source", m.get("source") or "–"),
+        ("task", f"{t.get('name', '?')} {json.dumps(t.get('params', {}), sort_keys=True)}"),
+        ("held-out accuracy", f"{_fmt(acc.get('overall'))} on {acc.get('n', '?')} {acc.get('split', 'test')} rows"
+                              + (" of the unmasked groups" if acc.get("n_masked") else "")),
+        *([("masked groups (never trained)", f"{_fmt(acc.get('masked_accuracy'))} on {acc['n_masked']} rows")]
+          if acc.get("n_masked") else []),
+        ("seed", d.get("seed")),
+        ("command", d.get("command") or "–"),
+        ("package version", f"anchor_interp {d.get('package_version')} (result schema {d.get('schema_version')})"),
+    ]
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
+    return f'<dl class="meta" id="header">{items}</dl>'
+
+
+def _accuracy_section(d: dict[str, Any]) -> str:
+    groups = (d.get("accuracy") or {}).get("groups") or []
+    if not groups:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(g.get('name'))}</td><td>{'masked (never trained)' if g.get('masked') else 'trained'}</td>"
+        f'<td class="num">{_e(g.get("n"))}</td><td class="num">{_e(_fmt(g.get("accuracy")))}</td></tr>'
+        for g in groups
+    )
+    return (
+        '<h2 id="accuracy">Held-out accuracy per group</h2>'
+        '<table id="accuracy-table"><thead><tr><th>group</th><th>status</th><th>rows</th><th>accuracy</th></tr>'
+        f"</thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _heads_section(d: dict[str, Any]) -> str:
+    heads = sorted(d.get("heads") or [], key=lambda h: (h.get("layer", 0), h.get("head", 0)))
+    rows = []
+    for h in heads:
+        label = h.get("label") or "?"
+        detail = f"offset {h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
+        scores = h.get("scores") or {}
+        ks = key_scores(h)
+        all_scores = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in scores.items())
+        notes = "; ".join(str(n) for n in h.get("notes") or [])
+        rows.append(
+            f'<tr class="{_e(label)}" data-head="{_e(h.get("name"))}">'
+            f'<td class="num">{_e(h.get("layer"))}</td><td class="num">{_e(h.get("head"))}</td>'
+            f"<td>{_e(h.get('name'))}</td><td class=\"label\">{_e(label)}</td><td>{_e(detail)}</td>"
+            f'<td class="num">{_e(_fmt(ks["shift"], 2))}</td><td class="num">{_e(_fmt(ks["broadcast"], 2))}</td>'
+            f'<td class="num">{_e(_fmt(h.get("causal_effect")))}</td><td>{_e(h.get("counterfactual") or "–")}</td>'
+            f'<td class="num">{_e(_fmt(h.get("confidence"), 2))}</td>'
+            f"<td>{_e(h.get('group') or '')}</td><td class=\"note\">{_e(notes)}</td>"
+            f'<td class="note"><details><summary>{len(scores)}</summary>{_e(all_scores)}</details></td></tr>'
+        )
+    head_row = "".join(
+        f"<th>{c}</th>"
+        for c in ("layer", "head", "name", "label", "offset / kind", "shift pattern", "broadcast pattern",
+                  "causal effect", "counterfactual", "confidence", "group", "notes", "all scores")
+    )
+    out = [
+        '<h2 id="heads">Head labels</h2>',
+        '<p class="note">One row per head, ordered by layer and head; click a column header to sort. '
+        "Pattern scores are in [0, 1]: 0 = what a uniform head gets, 1 = all attention in the pattern. "
+        "The causal effect is the normalised patching effect (1 = patching this head restores the clean "
+        "answer) under the counterfactual beside it. See docs/report.md.</p>",
+        f'<table id="head-table" class="sortable"><thead><tr>{head_row}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
+    ]
+    groups = d.get("groups") or []
+    if groups:
+        grow = "".join(
+            f"<tr><td>{_e(g.get('name'))}</td><td>{_e(g.get('label', ''))}</td>"
+            f"<td>{_e(', '.join(g.get('heads') or []))}</td><td class=\"num\">{_e(_fmt(g.get('joint_effect')))}</td>"
+            f"<td>{_e(g.get('metric', ''))}</td><td>{_e(_individual(g))}</td></tr>"
+            for g in groups
+        )
+        out.append(
+            '<h3>Head groups</h3><p class="note">Heads that carry one operation together, with the effect of '
+            "ablating them all at once.</p>"
+            '<table id="group-table"><thead><tr><th>group</th><th>label</th><th>heads</th>'
+            f"<th>joint effect</th><th>measured as</th><th>each head alone</th></tr></thead><tbody>{grow}</tbody></table>"
+        )
+    return "\n".join(out)
+
+
+def _individual(g: dict[str, Any]) -> str:
+    ind = g.get("individual_effects") or {}
+    return ", ".join(f"{k} {_fmt(v, 2)}" for k, v in ind.items())
+
+
+def _token_spans(ex: dict[str, Any]) -> str:
+    labels = ex.get("token_labels") or [str(t) for t in ex.get("tokens", [])]
+    spans = []
+    for i, lab in enumerate(labels):
+        cls = "anchor" if i == ex.get("anchor_pos") else "key" if i == ex.get("key_pos") else ""
+        spans.append(f'<span class="{cls}" title="pos {i}">{_e(lab)}</span>')
+    return "".join(spans)
+
+
+def _patterns_section(d: dict[str, Any]) -> str:
+    examples = d.get("examples") or []
+    if not examples:
+        return ""
+    heads = {(h["layer"], h["head"]): h for h in d.get("heads") or []}
+    causal = (d.get("model") or {}).get("causal", True)
+    out = [
+        '<h2 id="patterns">Attention patterns</h2>',
+        '<p class="note">Rows are destination positions (dest_pos), columns source positions (src_pos). '
+        "Anchor tokens are marked yellow, key tokens blue. Hover a head to enlarge it, click to lock.</p>",
+    ]
+    for i, ex in enumerate(examples):
+        out.append(
+            f'<h3>Example {i + 1}</h3><p class="tokens" id="tokens-{i}">{_token_spans(ex)}</p>'
+            f'<p class="note">target {_e(ex.get("target"))}, model predicts {_e(ex.get("prediction"))}'
+            f'{", group " + _e(ex["group"]) if ex.get("group") is not None else ""}</p>'
+        )
+        labels = ex.get("token_labels") or [str(t) for t in ex.get("tokens", [])]
+        out.append('<div class="layers">')
+        for hook, pattern in sorted((ex.get("patterns") or {}).items(), key=lambda kv: _layer_of(kv[0])):
+            layer = _layer_of(hook)
+            names = [_head_title(heads.get((layer, h), {"name": head_name(layer, h)})) for h in range(len(pattern))]
+            props = {"attention": pattern, "tokens": labels, "attentionHeadNames": names, "maskUpperTri": bool(causal)}
+            el = f"cv-e{i}-l{layer}"
+            out.append(
+                f"<div><h4>Layer {layer} <code>{_e(hook)}</code></h4>"
+                f'<div class="cv" id="{el}" data-props="{el}-props" data-layer="{layer}" '
+                f'data-n-heads="{len(pattern)}"></div>'
+                f'<script type="application/json" id="{el}-props">{json_for_script(props)}</script></div>'
+            )
+        out.append("</div>")
+    return "\n".join(out)
+
+
+def _layer_of(hook: str) -> int:
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return int(m.group(1)) if m else -1
+
+
+def _img(name: str, pngs: dict[str, bytes], caption: str) -> str:
+    if name not in pngs:
+        return ""
+    b64 = base64.b64encode(pngs[name]).decode("ascii")
+    return (
+        f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _evidence_section(d: dict[str, Any], pngs: dict[str, bytes]) -> str:
+    out = ['<h2 id="evidence">Causal evidence</h2>']
+    out.append(_img("head_patterns", pngs, "Attention patterns of the labelled heads on example 1."))
+    for name, patch in (d.get("patching") or {}).items():
+        from anchor_interp.report.plots import _slug
+
+        cf = patch.get("counterfactual") or "–"
+        hooks = patch.get("hook_names") or []
+        hooks = [hooks] if isinstance(hooks, str) else hooks
+        caption = (
+            f"Activation patching '{name}': run the {cf} input, patch in clean activations at "
+            f"{' × '.join(patch.get('axes', []))}, measure {patch.get('metric')}"
+            f"{' (normalised: 1 = fully restores the clean answer)' if patch.get('normalised') else ''}. "
+            f"Hooks: {', '.join(hooks[:3])}{' …' if len(hooks) > 3 else ''}."
+        )
+        rows = (patch.get("extra") or {}).get("rows")
+        if rows:
+            caption += f" Rows: {rows}."
+        out.append(_img("patching_" + _slug(name), pngs, caption))
+    abl = d.get("ablation") or {}
+    if abl.get("checks"):
+        out.append(_img("ablation", pngs, f"Held-out accuracy after {abl.get('method', '')} ablation."))
+        rows = "".join(
+            f"<tr><td>{_e(c.get('name'))}</td><td>{_e(', '.join(c.get('heads') or []) or '(none)')}"
+            f"{'<br><span class=note>' + _e(c['note']) + '</span>' if c.get('note') else ''}</td>"
+            f'<td class="num">{_e(_fmt(c.get("accuracy")))}</td><td class="num">{_e(_fmt(c.get("loss")))}</td>'
+            f"<td>{_e(c.get('expected', ''))}</td>"
+            f"<td class=\"{'pass' if c.get('passed') else 'fail'}\">{'pass' if c.get('passed') else 'FAIL'}</td></tr>"
+            for c in abl["checks"]
+        )
+        base = abl.get("baseline") or {}
+        out.append(
+            f'<p class="note">Without ablation: accuracy {_e(_fmt(base.get("accuracy")))}, '
+            f'loss {_e(_fmt(base.get("loss")))} (nats).</p>'
+            '<table id="ablation-table"><thead><tr><th>check</th><th>heads ablated</th><th>accuracy</th>'
+            f"<th>loss</th><th>expected</th><th>result</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return "\n".join(out) if len(out) > 1 else ""
+
+
+def _history_section(d: dict[str, Any], pngs: dict[str, bytes]) -> str:
+    if "history" not in pngs:
+        return ""
+    return '<h2 id="training">Training</h2>' + _img("history", pngs, "Training history from the checkpoint.")
+
+
+def _footer(d: dict[str, Any]) -> str:
+    t = d.get("timings") or {}
+    timing = ", ".join(f"{k} {v:.2f} s" for k, v in t.items()) if t else ""
+    return (
+        '<hr><p class="note">How to read this report: docs/report.md in anchor_interp. '
+        "The full result is embedded below as JSON (script#find-heads-result) and can be re-rendered with "
+        f"<code>anchor-find-heads --from-json RESULT.json --report OUT.html</code>.{' Timings: ' + _e(timing) if timing else ''}</p>"
+    )

@@ -1,0 +1,440 @@
+"""The training loop: :func:`train_many` as named phases over one :class:`Run`, :func:`train` for k = 1.
+
+    train_many
+      _start             check the inputs, stack the k models, sample each model's data  -> Run
+      read_checkpoints   (resume=True) weights, AdamW moments, history and counters from out_dirs
+      while a model still trains:
+        _step            one batch per stacked model: forward, loss, backward, clip, AdamW update
+        _end_of_epochs   models whose epoch ended: evaluate, early stop, end of schedule, checkpoint
+        _checkpoint_all  at Ctrl-C, stop_after_step and every checkpoint_every_steps
+        Stack.without    models that stopped leave the stack
+      _finish            final checkpoints, weights copied into the models               -> [TrainResult]
+
+A step is global: step s trains every model still in the stack on its own batch s (model i is in epoch
+``s // spe[i]``, spe = its steps per epoch), so models with different training-set sizes keep their own
+epochs and learning-rate schedules in one computation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import anchor_interp.training as _api  # stacked_forward / evaluate_stacked are looked up on the package
+from anchor_interp.training.data import (
+    Batch,
+    epoch_order,
+    fixed_batch,
+    fresh_batch,
+    held_out_sets,
+    training_sets,
+)
+from anchor_interp.training.forward import check_trainable_config
+from anchor_interp.training.history import EpochSums, history_row
+from anchor_interp.training.optim import StackedAdamW
+from anchor_interp.training.recipe import Recipe, get_recipe
+from anchor_interp.training.result import TrainingDiverged, TrainResult
+from anchor_interp.training.resume import read_checkpoints, write_checkpoint
+from anchor_interp.training.stack import Frozen, Stack, ckpt_cfg, stack_models
+
+__all__ = ["Run", "train", "train_many"]
+
+
+@dataclass
+class Run:
+    """One call of train_many: the k models, their fixed settings and data, per-model bookkeeping
+    (indexed by model, 0..k-1) and the stack of the models still training."""
+
+    models: list
+    task: Any
+    recs: list[Recipe]  # one per model; only n_train may differ
+    seeds: list[int]
+    out_dirs: list[Path] | None
+    preset: str | None
+    dev: torch.device
+    n_rows: list[int]  # training sequences per model (masked groups removed)
+    spe: list[int]  # steps per epoch per model
+    total: list[int]  # steps of its whole schedule per model
+    test: tuple[Tensor, Tensor, Tensor]  # held-out tokens (k, n_test, T), targets (k, n_test), group (k, n_test)
+    stack: Stack
+    sums: EpochSums
+    histories: list[list[dict]]
+    done: list[bool]  # left the stack: stopped early, or at the end of its schedule
+    early: list[bool]  # stopped early (reached early_stop_acc)
+    frozen: dict[int, Frozen]  # model index -> its snapshot, once done
+    step: int = 0  # global optimizer steps taken
+    elapsed0: float = 0.0  # seconds trained before this call (a resumed run)
+    t0: float = 0.0  # perf_counter() when this call's loop started
+    last_good: int | None = None  # step of the last checkpoint written with finite losses
+    bar: Any = None  # the tqdm progress bar
+
+    @property
+    def rec(self) -> Recipe:
+        """The shared recipe (every field but n_train is the same for all models)."""
+        return self.recs[0]
+
+    @property
+    def cfg(self):
+        return self.models[0].cfg
+
+    def elapsed(self) -> float:
+        """Seconds of training, including those before a resume."""
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+
+def train_many(
+    models: list,
+    task,
+    recipe: str | Recipe | dict = "fast",
+    *,
+    seeds: list[int],
+    out_dirs: list[str | os.PathLike] | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    preset: str | None = None,
+    stop_after_step: int | None = None,
+    checkpoint_every_steps: int = 0,
+    **recipe_overrides,
+) -> list[TrainResult]:
+    """Train k same-config HookedTransformers on ``task`` as one batched computation.
+
+    ``models[i]`` (initial weights) is trained in place with ``seeds[i]`` (its data, order and test
+    set). ``out_dirs[i]``: checkpoint folder (history.csv, history.png, checkpoint files) or None.
+    ``resume``: continue from the checkpoints in out_dirs (they must exist and match task, recipe and
+    seed). ``stop_after_step``: save a checkpoint after that many steps and return (an interruption,
+    possibly mid-epoch). ``checkpoint_every_steps``: also checkpoint every that many steps.
+    ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``; ``n_train`` may be a list
+    with one training-set size per model (each model then keeps its own epochs, schedule position and
+    evaluations; see docs/models.md). A model that stops (early stop, or the end of its schedule while
+    others train on) leaves the batched computation.
+    Raises ValueError on bad input (mismatched configs, unknown recipe, unwritable folder, resume of
+    another task), TrainingDiverged when a loss becomes non-finite, KeyboardInterrupt after saving a
+    resumable checkpoint at Ctrl-C (with out_dirs).
+    """
+    run = _start(models, task, recipe, seeds, out_dirs, device, preset, resume, recipe_overrides)
+    if resume:
+        read_checkpoints(run)
+    run.t0 = time.perf_counter()
+    run.last_good = run.step if resume else None
+    run.bar = _progress_bar(run, progress)
+    run.stack = run.stack.without(run.done)  # a resumed run: models frozen before the interruption leave
+    with _DeferredSigint(enabled=run.out_dirs is not None) as sigint:
+        while run.stack.slots:
+            lrs = _step(run)
+            ended = [(j, i) for j, i in enumerate(run.stack.slots) if run.step % run.spe[i] == 0]
+            if ended:
+                _end_of_epochs(run, ended, lrs, progress)
+            # checkpoints and interruptions come after the epoch-end work, so a resumed run never skips it
+            interrupt = stop_after_step is not None and run.step >= stop_after_step
+            if sigint.received:  # Ctrl-C: save a resumable checkpoint between steps, then stop
+                _checkpoint_all(run)
+                run.bar.close()
+                raise KeyboardInterrupt(f"interrupted at step {run.step}" + (
+                    f"; resume with --resume from {[str(d) for d in run.out_dirs]}" if run.out_dirs is not None else ""))
+            if interrupt or (checkpoint_every_steps and run.step % checkpoint_every_steps == 0):
+                _checkpoint_all(run)
+            if interrupt:
+                return _finish(run, final=False)
+            run.stack = run.stack.without(run.done)
+        return _finish(run, final=True)
+
+
+def train(
+    model,
+    task,
+    recipe: str | Recipe | dict = "fast",
+    *,
+    seed: int,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    preset: str | None = None,
+    stop_after_step: int | None = None,
+    checkpoint_every_steps: int = 0,
+    **recipe_overrides,
+) -> TrainResult:
+    """Train one HookedTransformer in place (see :func:`train_many`, which this calls with k = 1)."""
+    return train_many(
+        [model], task, recipe, seeds=[seed], out_dirs=None if out_dir is None else [out_dir], resume=resume,
+        device=device, progress=progress, preset=preset, stop_after_step=stop_after_step,
+        checkpoint_every_steps=checkpoint_every_steps, **recipe_overrides,
+    )[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# setup
+
+
+def _progress_bar(run: Run, progress: bool):
+    """A tqdm bar over the longest schedule's steps (disabled without ``progress``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max(run.total), initial=run.step, disable=not progress, desc=f"train {len(run.models)} model(s)",
+                unit="step", leave=False, mininterval=1.0)
+
+
+def _recipes(recipe, overrides: dict, k: int) -> list[Recipe]:
+    """One Recipe per model: ``overrides["n_train"]`` may be a list of k sizes."""
+    n_each = overrides.pop("n_train", None)
+    if isinstance(n_each, (list, tuple)):
+        if len(n_each) != k:
+            raise ValueError(f"n_train must be an int or one int per model ({k}); got {len(n_each)} sizes")
+        return [get_recipe(recipe, **overrides, n_train=n) for n in n_each]
+    over = overrides if n_each is None else {**overrides, "n_train": n_each}
+    return [get_recipe(recipe, **over)] * k
+
+
+def _check_models(models: list, task, seeds: list[int], out_dirs) -> None:
+    """Raise ValueError unless seeds and out_dirs have one entry per model and the models share a
+    config that fits the task and that the trainer implements."""
+    from anchor_interp.models import check_config_for_task
+
+    k = len(models)
+    if len(seeds) != k:
+        raise ValueError(f"seeds must have one int per model ({k}); got {len(seeds)}")
+    if out_dirs is not None and len(out_dirs) != k:
+        raise ValueError(f"out_dirs must have one folder per model ({k}); got {len(out_dirs)}")
+    cfg = models[0].cfg
+    for i, m in enumerate(models[1:], 1):
+        if ckpt_cfg(m.cfg) != ckpt_cfg(cfg):
+            raise ValueError(f"models[{i}] has a different config from models[0]; batch only same-config models")
+    check_config_for_task(cfg, task)
+    check_trainable_config(cfg)
+
+
+def _start(models, task, recipe, seeds, out_dirs, device, preset, resume, overrides) -> Run:
+    """Check the inputs, stack the models (on the device) and sample every model's data. Raises ValueError."""
+    from anchor_interp.models import resolve_device
+    from anchor_interp.models.checkpoint import ensure_writable_dir
+
+    if not models:
+        raise ValueError("models must be a non-empty list of HookedTransformers")
+    k = len(models)
+    recs = _recipes(recipe, dict(overrides), k)
+    rec = recs[0]
+    _check_models(models, task, seeds, out_dirs)
+    dev = resolve_device(device if device is not None else next(models[0].parameters()).device)
+    if resume and out_dirs is None:
+        raise ValueError("resume=True needs out_dirs (the checkpoint folders to continue from)")
+    if out_dirs is not None:
+        out_dirs = [ensure_writable_dir(d) for d in out_dirs]
+    params = {n: t.to(dev).requires_grad_(True) for n, t in stack_models(models).items()}  # (k, *shape)
+    opt = StackedAdamW(params, rec)
+    if rec.data == "fixed":  # each model its own training set, seeded by its own seed
+        train_tokens, train_targets, n_rows = training_sets(task, [r.n_train for r in recs], seeds, dev)
+    else:
+        train_tokens = train_targets = None
+        n_rows = [r.n_train for r in recs]
+    test = held_out_sets(task, rec.n_test, seeds, dev)
+    spe = [math.ceil(n / rec.batch_size) for n in n_rows]
+    stack = Stack(slots=list(range(k)), params=params, opt=opt, train_tokens=train_tokens,
+                  train_targets=train_targets, order=torch.zeros(k, max(n_rows), dtype=torch.long, device=dev),
+                  order_epoch=[-1] * k, bad_step=torch.full((k,), -1, dtype=torch.long, device=dev))
+    return Run(models=models, task=task, recs=recs, seeds=list(seeds), out_dirs=out_dirs, preset=preset, dev=dev,
+               n_rows=n_rows, spe=spe, total=[rec.epochs * s for s in spe], test=test, stack=stack,
+               sums=EpochSums.zeros(k, dev), histories=[[] for _ in range(k)], done=[False] * k,
+               early=[False] * k, frozen={})
+
+
+# ----------------------------------------------------------------------------------------------
+# one step
+
+
+def _step(run: Run) -> list[float]:
+    """One AdamW step of every stacked model on its next batch; returns each row's learning rate."""
+    stack, rec = run.stack, run.rec
+    pos = [divmod(run.step, run.spe[i]) for i in stack.slots]  # (epoch, step in epoch) per row
+    B = rec.batch_size
+    spans = [(s * B, min((s + 1) * B, run.n_rows[i])) for i, (_, s) in zip(stack.slots, pos, strict=True)]
+    batch = _next_batch(run, pos, spans)
+    lrs = _learning_rates(run, pos)
+    lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=run.dev)
+    with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
+        logits = _api.stacked_forward(stack.params, run.cfg, batch.tokens).float()  # (k_act, b, V)
+    loss_k, valid, n_t = _batch_loss(logits, batch, stack)  # (k_act,), (k_act, b) or None, (k_act,)
+    for p in stack.params.values():
+        p.grad = None
+    loss_k.sum().backward()
+    stack.opt.clip_()
+    stack.opt.step(lr)
+    run.step += 1
+    with torch.no_grad():
+        finite = torch.isfinite(loss_k)
+        stack.bad_step = torch.where((~finite) & (stack.bad_step < 0), torch.full_like(stack.bad_step, run.step),
+                                     stack.bad_step)
+        hit = logits.argmax(-1) == batch.targets if valid is None else (logits.argmax(-1) == batch.targets) & valid
+        run.sums.add(stack.slot_idx, loss_k.detach() * n_t, hit.float().sum(1), n_t.long())
+    run.bar.update(1)
+    return lrs
+
+
+def _next_batch(run: Run, pos: list[tuple[int, int]], spans: list[tuple[int, int]]) -> Batch:
+    """Row j's batch: rows ``spans[j]`` of its current epoch's order (fixed data), or fresh sequences."""
+    stack = run.stack
+    if run.rec.data == "fresh":
+        return fresh_batch(run.task, [run.seeds[i] for i in stack.slots], spans, run.step, run.dev)
+    for j, (i, (ep, _)) in enumerate(zip(stack.slots, pos, strict=True)):
+        if stack.order_epoch[j] != ep:  # a new epoch (or a resumed one): this model's data order
+            stack.order[j, : run.n_rows[i]] = epoch_order(run.seeds[i], ep, run.n_rows[i]).to(run.dev)
+            stack.order_epoch[j] = ep
+    return fixed_batch(stack.train_tokens, stack.train_targets, stack.order, spans)
+
+
+def _learning_rates(run: Run, pos: list[tuple[int, int]]) -> list[float]:
+    """Each row's learning rate at its (fractional) epoch; models with equal steps per epoch share it."""
+    lr_of: dict[int, float] = {}
+    for i, (ep, ie) in zip(run.stack.slots, pos, strict=True):
+        if run.spe[i] not in lr_of:
+            lr_of[run.spe[i]] = run.rec.lr_at(ep + ie / run.spe[i])
+    return [lr_of[run.spe[i]] for i in run.stack.slots]
+
+
+def _batch_loss(logits: Tensor, batch: Batch, stack: Stack) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Each row's mean cross-entropy (nats) over its real batch rows, (k_act,); the mask of real rows
+    (k_act, b), None when no row is padded; the number of real rows, (k_act,)."""
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none")
+    ce = ce.view(len(stack.slots), -1)  # (k_act, b)
+    if not batch.ragged:
+        return ce.mean(1), None, stack.width(batch.width)
+    n_t = torch.tensor(batch.counts, device=ce.device)
+    valid = torch.arange(batch.width, device=ce.device)[None] < n_t[:, None]  # (k_act, b)
+    return (ce * valid).sum(1) / n_t, valid, n_t
+
+
+# ----------------------------------------------------------------------------------------------
+# the end of an epoch
+
+
+def _end_of_epochs(run: Run, ended: list[tuple[int, int]], lrs: list[float], progress: bool) -> None:
+    """Evaluate, early-stop, schedule-end and checkpoint the (row, model) pairs whose epoch ended."""
+    _check_finite(run)
+    rec = run.rec
+    evals = [(j, i) for j, i in ended if (run.step // run.spe[i]) % rec.eval_every == 0 or run.step == run.total[i]]
+    if evals:
+        _evaluate(run, evals, lrs, progress)
+    for j, i in ended:
+        if run.step == run.total[i] and not run.done[i]:
+            _freeze(run, j, i, stopped_early=False)  # the end of its schedule; others may train on
+        run.sums.reset(i)  # train_loss / train_acc of a history row: running means over that row's epoch only
+    if (rec.checkpoint_every and any((run.step // run.spe[i]) % rec.checkpoint_every == 0 for _, i in ended)
+            and not all(run.done)):
+        _checkpoint_all(run)
+
+
+def _evaluate(run: Run, evals: list[tuple[int, int]], lrs: list[float], progress: bool) -> None:
+    """Held-out metrics of the (row, model) pairs ``evals``: a history row each, early stops."""
+    stack, rec = run.stack, run.rec
+    js = [j for j, _ in evals]
+    params = stack.params if len(js) == len(stack.slots) else {n: t[js] for n, t in stack.params.items()}
+    ii = torch.tensor([i for _, i in evals], device=run.dev)
+    tokens, targets, group = run.test
+    rows = _api.evaluate_stacked(params, run.cfg, tokens[ii], targets[ii], group[ii], run.task)
+    for (j, i), held_out in zip(evals, rows, strict=True):
+        row = history_row(run.sums, i, epoch=run.step // run.spe[i], step=run.step, lr=lrs[j], held_out=held_out,
+                          time_s=run.elapsed())
+        run.histories[i].append(row)
+        if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
+            _freeze(run, j, i, stopped_early=True)
+    if progress:
+        live = [h[-1] for h in run.histories if h]
+        run.bar.set_postfix(loss=f"{sum(r['train_loss'] for r in live) / len(live):.3f}",
+                            test_acc=f"{sum(r['test_acc'] or 0.0 for r in live) / len(live):.3f}")
+
+
+def _freeze(run: Run, j: int, i: int, stopped_early: bool) -> None:
+    """Model i (row j) is done: snapshot it; it leaves the stack at the end of the step."""
+    run.done[i], run.early[i] = True, stopped_early
+    run.frozen[i] = run.stack.freeze(j, run.step, run.step // run.spe[i])
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints, divergence, results
+
+
+def _checkpoint_all(run: Run) -> None:
+    """A resumable checkpoint of every model (raises TrainingDiverged first if a loss was non-finite)."""
+    _check_finite(run)
+    for i in range(len(run.models)):
+        write_checkpoint(run, i, resumable=True)
+    run.last_good = run.step
+
+
+def _check_finite(run: Run) -> None:
+    """Raise TrainingDiverged for the first stacked model whose loss was non-finite."""
+    bad = run.stack.bad_step.cpu()
+    if not bool((bad >= 0).any()):
+        return
+    j = int((bad >= 0).nonzero()[0])
+    i, out_dirs = run.stack.slots[j], run.out_dirs
+    where = (f"the last good checkpoint (step {run.last_good}) is kept in {str(out_dirs[i])!r}"
+             if out_dirs is not None and run.last_good is not None else "no checkpoint was written")
+    raise TrainingDiverged(
+        f"model {i}: the training loss became non-finite at step {int(bad[j])}; {where}. "
+        f"Lower the learning rate or enable grad_clip.",
+        model_index=i, step=int(bad[j]), checkpoint=str(out_dirs[i]) if out_dirs is not None else None,
+    )
+
+
+def _finish(run: Run, final: bool) -> list[TrainResult]:
+    """Close the bar, write the final checkpoints (``final``; not after stop_after_step) and copy each
+    model's last weights into it (eval mode)."""
+    run.bar.close()
+    if final:
+        for i in range(len(run.models)):
+            write_checkpoint(run, i, resumable=False)
+    stacked = {n: t.detach() for n, t in run.stack.params.items()}
+    results = []
+    for i, m in enumerate(run.models):
+        f = run.frozen.get(i)
+        p_i = f.params if f is not None else {n: t[run.stack.slots.index(i)] for n, t in stacked.items()}
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(p_i[name].to(p.device))
+        m.eval()
+        step = f.step if f is not None else run.step
+        results.append(TrainResult(
+            model=m, seed=run.seeds[i], history=run.histories[i], step=step, epoch=step // run.spe[i],
+            stopped_early=run.early[i], out_dir=str(run.out_dirs[i]) if run.out_dirs is not None else None,
+            recipe=run.recs[i].to_dict(),
+        ))
+    return results
+
+
+class _DeferredSigint:
+    """While active (main thread only), Ctrl-C sets ``received`` instead of raising mid-step, so the
+    loop can finish the step, save a consistent checkpoint and then raise KeyboardInterrupt."""
+
+    def __init__(self, enabled: bool):
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = False
+        self._old = None
+
+    def __enter__(self):
+        if self.enabled:
+            import signal
+
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            import signal
+
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -1,0 +1,105 @@
+"""AdamW over stacked parameters: torch.optim.AdamW's update for k models at once, clipped per model."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from anchor_interp.training.recipe import Recipe
+
+__all__ = ["StackedAdamW"]
+
+
+class StackedAdamW:
+    """AdamW (torch.optim.AdamW's formula, decoupled weight decay) over stacked parameters.
+
+    Adam is elementwise, so slice i of the stacked update is model i's own update. Gradient clipping
+    is per model: each model's gradient is scaled by min(1, clip / (its global norm + 1e-6)), as
+    ``torch.nn.utils.clip_grad_norm_`` does for one model. With ``recipe.fused_adamw`` the update is
+    torch's fused AdamW kernel (the same formula in one pass over memory, about 6x faster per step on
+    the 2-core CPU for the paper preset; results differ from the unfused update in the last bit).
+    """
+
+    def __init__(self, params: dict[str, Tensor], recipe: Recipe):
+        self.params = params
+        self.r = recipe
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        self._step_count = 0
+        self._fused = None
+        if recipe.fused_adamw:
+            self._fused = torch.optim.AdamW(
+                list(params.values()), lr=recipe.lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.adam_eps,
+                weight_decay=recipe.weight_decay, fused=True,
+            )
+            for n, p in params.items():  # the fused kernel updates our moment tensors in place
+                self._fused.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                        "exp_avg": self.exp_avg[n], "exp_avg_sq": self.exp_avg_sq[n]}
+
+    @property
+    def step_count(self) -> int:
+        """Optimiser steps taken (Adam's bias-correction count)."""
+        return self._step_count
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        self._step_count = int(value)
+        if self._fused is not None:
+            for st in self._fused.state.values():
+                st["step"].fill_(self._step_count)
+
+    @torch.no_grad()
+    def clip_(self) -> Tensor:
+        """Clip each model's gradient in place; returns the per-model norms before clipping, (k,)."""
+        grads = [p.grad for p in self.params.values()]
+        k = grads[0].shape[0]
+        sq = torch.stack([g.reshape(k, -1).pow(2).sum(1) for g in grads]).sum(0)  # (k,)
+        norms = sq.sqrt()
+        if self.r.grad_clip is not None:
+            coef = (self.r.grad_clip / (norms + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.view((k,) + (1,) * (g.ndim - 1)))
+        return norms
+
+    @torch.no_grad()
+    def step(self, lr: float | Tensor) -> None:
+        """One AdamW update with learning rate ``lr``: a float, or a (k,) tensor, one per stacked model
+        (models at different points of their schedules; always the unfused update)."""
+        self._step_count += 1
+        per_model = isinstance(lr, Tensor)
+        if self._fused is not None:
+            if not per_model:
+                self._fused.param_groups[0]["lr"] = lr
+                self._fused.step()
+                return
+            for st in self._fused.state.values():  # keep the fused kernel's own count in step
+                st["step"].fill_(self._step_count)
+        b1, b2 = self.r.beta1, self.r.beta2
+        bc1 = 1 - b1**self._step_count
+        bc2_sqrt = math.sqrt(1 - b2**self._step_count)
+        for n, p in self.params.items():
+            g = p.grad
+            lr_p = lr.view((-1,) + (1,) * (p.ndim - 1)) if per_model else lr  # (k, 1, ...) or a float
+            p.mul_(1 - lr_p * self.r.weight_decay)
+            self.exp_avg[n].lerp_(g, 1 - b1)
+            self.exp_avg_sq[n].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (self.exp_avg_sq[n].sqrt() / bc2_sqrt).add_(self.r.adam_eps)
+            if per_model:
+                p.sub_(self.exp_avg[n] / denom * (lr_p / bc1))
+            else:
+                p.addcdiv_(self.exp_avg[n], denom, value=-lr / bc1)
+
+    def state_slice(self, i: int) -> dict[str, Tensor]:
+        """Model i's AdamW moments, ``exp_avg.<param>`` and ``exp_avg_sq.<param>`` (views, not copies)."""
+        out = {f"exp_avg.{n}": t[i] for n, t in self.exp_avg.items()}
+        out.update({f"exp_avg_sq.{n}": t[i] for n, t in self.exp_avg_sq.items()})
+        return out
+
+    def load_slice(self, i: int, tensors: dict[str, Tensor]) -> None:
+        """Copy a :meth:`state_slice` into model i's moments."""
+        with torch.no_grad():
+            for n in self.params:
+                self.exp_avg[n][i].copy_(tensors[f"exp_avg.{n}"])
+                self.exp_avg_sq[n][i].copy_(tensors[f"exp_avg_sq.{n}"])

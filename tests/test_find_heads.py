@@ -1,0 +1,151 @@
+"""find_heads and FindHeadsResult: schema, JSON round trip, evidence on the shipped default model, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+from fixtures_findheads import synthetic_result
+
+from anchor_interp.find_heads import SCHEMA_VERSION, FindHeadsResult, find_heads
+
+
+def test_result_round_trips_through_json(tmp_path):
+    res = synthetic_result()
+    d = res.to_dict()
+    assert list(d)[0] == "schema_version" and d["schema_version"] == SCHEMA_VERSION == 1
+    for key in ("package_version", "command", "seed", "model", "task", "accuracy", "heads", "groups", "patching",
+                "ablation", "examples", "history"):
+        assert key in d
+    path = res.save_json(tmp_path / "r.json")
+    assert FindHeadsResult.load_json(path) == res
+    assert not [p for p in os.listdir(tmp_path) if p != "r.json"]  # no temp file left behind
+
+
+def test_non_finite_numbers_become_null_and_overwrite_is_refused(tmp_path):
+    res = synthetic_result()
+    res.accuracy["overall"] = math.nan
+    res.heads[0]["scores"]["shift"] = math.inf
+    path = res.save_json(tmp_path / "r.json")
+    d = json.loads(path.read_text())  # strict JSON: no NaN / Infinity tokens
+    assert d["accuracy"]["overall"] is None and d["heads"][0]["scores"]["shift"] is None
+    with pytest.raises(FileExistsError, match="overwrite"):
+        res.save_json(path)
+    res.save_json(path, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.pop("schema_version"), "schema_version"),
+        (lambda d: d.pop("heads"), "heads"),
+    ],
+)
+def test_from_dict_rejects_other_versions_and_missing_keys(change, match):
+    d = synthetic_result().to_dict()
+    change(d)
+    with pytest.raises(ValueError, match=match):
+        FindHeadsResult.from_dict(d)
+    with pytest.raises(ValueError, match="dict"):
+        FindHeadsResult.from_dict([d])
+
+
+@pytest.fixture(scope="module")
+def default_result(default_model):  # default_model: (model, task) from tests/conftest.py
+    model, task = default_model
+    return find_heads(model, task, seed=0, n_samples=256, source="zoo:default", preset="small", command="test")
+
+
+def test_find_heads_on_the_default_model(default_result, default_model):
+    model, task = default_model
+    res = default_result
+    d = json.loads(res.to_json())  # the whole result is strict JSON
+    L, H, T = model.cfg.n_layers, model.cfg.n_heads, task.seq_len
+    assert [(h["layer"], h["head"]) for h in d["heads"]] == [(la, he) for la in range(L) for he in range(H)]
+    assert {h["label"] for h in d["heads"]} <= {"shift", "broadcast", "neither"}
+    assert d["model"]["n_params"] == sum(p.numel() for p in model.parameters())
+    assert d["model"]["causal"] is True and d["model"]["source"] == "zoo:default"
+    assert d["task"] == task.to_dict()
+    acc = d["accuracy"]
+    assert acc["n"] == 256 and acc["overall"] >= 0.95  # the shipped model solves its held-out split
+    assert sum(g["n"] for g in acc["groups"]) == 256
+    # examples: one pattern per layer, [head][dest_pos][src_pos], rows sum to 1, causal mask respected
+    assert len(d["examples"]) == 3
+    assert len({ex["anchor_pos"] for ex in d["examples"]}) == 3  # different anchor positions
+    for ex in d["examples"]:
+        assert len(ex["token_labels"]) == T and ex["token_labels"][ex["anchor_pos"]].startswith("A:")
+        assert sorted(ex["patterns"]) == [f"blocks.{la}.attn.hook_pattern" for la in range(L)]
+        for pat in ex["patterns"].values():
+            assert len(pat) == H
+            for head in pat:
+                for r, row in enumerate(head):
+                    assert abs(sum(row) - 1) < 1e-2 and all(v == 0 for v in row[r + 1:])
+
+
+def test_patching_heatmaps_show_where_the_key_lives(default_result):
+    p = default_result.patching
+    assert set(p) == {"resid_pre/key_swap", "head_out/key_swap", "head_out/anchor_move"}
+    assert p["head_out/key_swap"]["axes"] == ["layer", "head"]
+    resid = p["resid_pre/key_swap"]
+    assert resid["axes"] == ["layer", "pos"] and resid["normalised"]
+    # all rows share one anchor position, so patching the clean key into layer 0 at the key's position
+    # restores the clean answer, and patching any other position at layer 0 does (almost) nothing
+    labels = resid["extra"]["pos_labels"]
+    key = next(i for i, s in enumerate(labels) if s.endswith(":K"))
+    row0 = resid["values"][0]
+    assert row0[key] > 0.9
+    assert max(abs(v) for i, v in enumerate(row0) if i != key) < 0.1
+
+
+def test_ablation_checks_are_consistent_with_the_labels(default_result):
+    a = default_result.ablation
+    labelled = [h["name"] for h in default_result.heads if h["label"] in ("shift", "broadcast")]
+    assert a["method"] == "mean" and 0.95 <= a["baseline"]["accuracy"] <= 1
+    if not labelled:
+        assert a["checks"] == [] and "no head" in a["note"]
+        return
+    circuit, rest = a["checks"]
+    assert circuit["heads"] == labelled
+    assert sorted(circuit["heads"] + rest["heads"]) == sorted(h["name"] for h in default_result.heads)
+    assert circuit["passed"] == (circuit["accuracy"] <= 0.1)
+    assert rest["passed"] == (rest["accuracy"] / a["baseline"]["accuracy"] >= 0.95)
+
+
+def test_same_seed_same_result(default_model):
+    model, task = default_model
+    runs = [find_heads(model, task, seed=3, n_samples=64, n_examples=1).to_dict() for _ in range(2)]
+    for r in runs:
+        r.pop("timings")
+    assert runs[0] == runs[1]
+    other = find_heads(model, task, seed=4, n_samples=64, n_examples=1, patching=False, ablation=False).to_dict()
+    assert other["examples"][0]["tokens"] != runs[0]["examples"][0]["tokens"]
+    assert other["patching"] == {} and other["ablation"] == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_samples=3), "n_samples"),
+        (dict(n_samples=64.0), "n_samples"),
+        (dict(seed=-1), "seed"),
+        (dict(n_examples=99), "n_examples"),
+        (dict(ablation_method="bogus"), "ablation_method"),
+    ],
+)
+def test_bad_options_raise_value_error(default_model, kwargs, match):
+    model, task = default_model
+    with pytest.raises(ValueError, match=match):
+        find_heads(model, task, **{"n_samples": 64, **kwargs})
+
+
+def test_model_that_does_not_fit_the_task_is_refused(default_model):
+    from anchor_interp.tasks import make_task
+
+    model, _ = default_model
+    task = make_task("working_memory")  # sequence length 20 > the model's n_ctx 9
+    assert task.seq_len > model.cfg.n_ctx
+    with pytest.raises(ValueError, match="does not fit task"):
+        find_heads(model, task, n_samples=64)
