@@ -46,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "head_study"
 SPECS = ("default", "mechanism")
 ROLES = ("shift", "broadcast")
-MAX_CIRCUIT_ACC = 0.1  # issue 4: ablating the labelled heads brings held-out accuracy to <= 0.1
-MIN_KEPT = 0.95  # issue 4: ablating every other head keeps >= 95% of it
+# the circuit checks' thresholds live in one place (anchor_interp.scores.ablation; torch-free constants here)
+MAX_CIRCUIT_ACC = 0.1  # == anchor_interp.scores.ablation.MAX_CIRCUIT_ABLATED_ACCURACY (tests/analyses checks)
+MIN_KEPT = 0.95  # == anchor_interp.scores.ablation.MIN_KEPT_FRACTION
 LABEL_SEED_BASE = 10_000  # held-out rows for labelling: task.sample(n, "test", seed=LABEL_SEED_BASE + seed)
 CSV_FIELDS = (
     "spec", "preset", "seed", "n_params", "epochs", "n_train", "train_seconds", "test_acc", "labels",
@@ -177,13 +178,14 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
 
 def study_one(model, task, seed: int, n_samples: int) -> dict:
     """Label the heads of one trained model and run the circuit checks; a JSON-safe dict."""
-    from anchor_interp.scores.ablation import circuit_check
     from anchor_interp.labels import analyse_heads
+    from anchor_interp.names import parse_head_name
+    from anchor_interp.scores.ablation import circuit_check
 
     batch = task.sample(n_samples, split="test", seed=LABEL_SEED_BASE + seed)
     analysis = analyse_heads(model, batch, task=task, seed=seed)
     recs = analysis.records
-    labelled = [(r.layer, r.head) for r in recs if r.label in ROLES]
+    labelled = [parse_head_name(n) for n in analysis.circuit]  # shift and broadcast heads + needed key copies
     by_role = {role: [r.name for r in recs if r.label == role] for role in ROLES}
     found = {role: bool(by_role[role]) for role in ROLES}
     row: dict = {"labels": " ".join(f"{r.name}:{_short(r)}" for r in recs)}
@@ -297,9 +299,9 @@ def run_spec(spec_name: str, seeds: list[int], *, epochs: int | None, n_train: i
     """Train ``spec_name`` (a zoo spec, with optional extra model/recipe overrides) on every seed at once
     and study each; one dict per seed."""
     from anchor_interp.models import count_parameters, make_model, model_config
+    from anchor_interp.models.zoo import ZOO
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train_many
-    from anchor_interp.models.zoo import ZOO
 
     spec = ZOO[spec_name]
     task = make_task(spec.task, **spec.task_params)

@@ -17,8 +17,9 @@ Prints, for the given seeds:
 5. with ``--study FILE`` (a ``seeds.json`` written by analyses/head_study.py; default
    analyses/results/head_study/default/seeds.json when it exists): for every head below the last layer,
    its generic ``shift`` score, ``task_shift`` (key row -> anchor lift), ``anchor_move`` patching effect
-   and ablation drop, split into the study's label-free shift carriers and the rest; the ranges
-   justify ``Thresholds.task_shift_floor`` and ``Thresholds.strong_effect``. Reads stored scores only.
+   and ablation drop, split into the study's label-free shift carriers and the rest (the ranges that
+   justified the pattern-based soft-shift thresholds of 0.1; stored studies of 0.1 have these scores).
+   Reads stored scores only.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from anchor_interp.models import planted as gt
     from anchor_interp.labels import analyse_heads, label_heads
     from anchor_interp.models import make_model
+    from anchor_interp.models import planted as gt
     from anchor_interp.tasks import make_task
 
     task = make_task("identity")
@@ -115,10 +116,10 @@ def main(argv=None) -> int:
                     print(f"  {r.name} {r.label:9s} offset={r.offset!s:4s} kind={r.kind!s:7s} group={r.group!s:18s} "
                           f"shift={s['shift']:.2f} task_shift={s['task_shift']:.2f} bc={s['broadcast']:.2f} "
                           f"task_bc={s['task_broadcast']:.2f} self={s['self']:.2f} sink={s['sink']:.2f} "
-                          f"anchor_move={s['patch_anchor_move']:.2f} key_swap={s['patch_key_swap']:.2f} "
-                          f"last_share={s.get('key_swap_last_share', float('nan')):.2f} "
+                          f"anchor_position={s.get('patch_anchor_position', float('nan')):.2f} "
+                          f"key_value={s.get('patch_key_value', float('nan')):.2f} "
                           f"abl_drop={s['ablation_accuracy_drop']:.2f} qk={s['qk_positional_shift']:.2f} "
-                          f"conf={r.confidence:.2f}")
+                          f"conf={r.confidence:.2f} roles={_roles(r)}")
                 _print_raw_key_row(model, batch)
                 if seed == args.seeds[0]:
                     _print_attribution_vs_exact(model, t, batch, seed)
@@ -156,20 +157,27 @@ def study_section(path: Path) -> int:
             which = "carrier" if h["name"] in carriers else "other"
             groups[which].append(s)
             print(f"  seed {row['seed']} {h['name']} {which:7s} label={h['label']:9s} kind={h['kind']!s:7s} "
-                  f"shift={s['shift']:.2f} task_shift={s['task_shift']:.2f} anchor_move={s['patch_anchor_move']:.2f} "
+                  f"shift={s['shift']:.2f} task_shift={s['task_shift']:.2f} "
+                  f"anchor_move={s.get('patch_anchor_move', float('nan')):.2f} "
                   f"abl_drop={s['ablation_accuracy_drop']:.2f}")
     for which, ss in groups.items():
         if ss:
             rng = {k: (min(s[k] for s in ss), max(s[k] for s in ss))
-                   for k in ("shift", "task_shift", "patch_anchor_move", "ablation_accuracy_drop")}
+                   for k in ("shift", "task_shift", "patch_anchor_move", "ablation_accuracy_drop") if k in ss[0]}
             print(f"  {which}s ({len(ss)}): " + " ".join(f"{k}=[{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in rng.items()))
     return 0
 
 
+def _roles(r) -> str:
+    """The record's passing roles, e.g. ``shift(-1) 0.38 [L1.k], copy 0.17 [L1.v]``."""
+    return ", ".join(f"{x['name']} {x['effect']:.2f} [{max(x['routes'], key=x['routes'].get)}]"
+                     for x in r.roles if x.get("passes")) or "-"
+
+
 def _print_attribution_vs_exact(model, task, batch, seed: int) -> None:
     """Per-head normalised logit-difference patching: exact (patch_head_out) vs gradient (attribution)."""
-    from anchor_interp.attribution import attribution_patch_heads
     from anchor_interp.patching import patch_head_out
+    from anchor_interp.patching.attribution import attribution_patch_heads
 
     for kind in ("anchor_move", "key_swap"):
         corrupt = task.counterfactual(batch, kind, seed=seed + 1)
@@ -197,8 +205,8 @@ def _print_raw_key_row(model, batch) -> None:
 
 
 def _print_analysis(model, task, seed: int) -> None:
-    from anchor_interp.scores.ablation import circuit_check
     from anchor_interp.labels import analyse_heads
+    from anchor_interp.scores.ablation import circuit_check
 
     batch = task.sample(512, split="test", seed=seed)
     a = analyse_heads(model, batch, task, seed=seed)
@@ -207,8 +215,9 @@ def _print_analysis(model, task, seed: int) -> None:
         s = r.scores
         print(f"  {r.name} {r.label:9s} offset={r.offset!s:4s} kind={r.kind!s:7s} group={r.group!s:18s} "
               f"shift_pattern={s['shift_pattern']:.2f} broadcast_pattern={s['broadcast_pattern']:.2f} "
-              f"anchor_move={s['patch_anchor_move']:.2f} key_swap={s['patch_key_swap']:.2f} "
-              f"last_share={s.get('key_swap_last_share', float('nan')):.2f} abl_drop={s['ablation_accuracy_drop']:.2f}")
+              f"anchor_position={s.get('patch_anchor_position', float('nan')):.2f} "
+              f"key_value={s.get('patch_key_value', float('nan')):.2f} abl_drop={s['ablation_accuracy_drop']:.2f} "
+              f"roles={_roles(r)}")
     for g in a.groups:
         print(f"  group {g.name}: {g.heads} joint={g.joint_effect:.3f} singles="
               f"{ {k: round(v, 3) for k, v in g.individual_effects.items()} } needed_together={g.needed_together}")

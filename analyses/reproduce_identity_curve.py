@@ -27,7 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anchor_interp.cli import RECIPE_NAMES, parse_field_value, parse_field_values, parse_init_gamma  # noqa: E402  (after the path fix)
+from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
+    RECIPE_NAMES,
+    add_device_argument,
+    parse_field_value,
+    parse_field_values,
+    parse_init_gamma,
+    resolve_cli_device,
+)
 
 DEFAULT_SIZES = (200, 300, 400, 500, 600, 800, 1000, 1500)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "identity_curve"
@@ -56,7 +63,7 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
     ap.add_argument("--tag", help="name of the output files (default: <preset>)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(ap, default="auto")
     ap.add_argument("--together", action="store_true",
                     help="train every size and seed as one batched computation (meant for a GPU; on a CPU it is "
                          "no faster than one computation per size)")
@@ -149,8 +156,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from anchor_interp.models import count_parameters, make_model
     from anchor_interp.models.checkpoint import atomic_write_text, ensure_writable_dir
-    from anchor_interp.models import count_parameters, make_model, resolve_device
     from anchor_interp.tasks import make_task
     from anchor_interp.training import train_many
 
@@ -158,7 +165,7 @@ def main(argv=None) -> int:
     try:
         overrides = parse_field_values(args.set, "--set")
         recipe = squeezed_recipe(args.recipe, args.epochs, overrides)
-        device = resolve_device(args.device)
+        device = resolve_cli_device(args.device)
         out = ensure_writable_dir(args.out)
     except (ValueError, argparse.ArgumentTypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anchor_interp.cli import RECIPE_NAMES, parse_field_values, parse_init_gamma  # noqa: E402  (after the path fix)
+from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
+    RECIPE_NAMES,
+    add_device_argument,
+    parse_field_values,
+    parse_init_gamma,
+    resolve_cli_device,
+)
 
 PRESETS = ("small", "paper", "mechanism")  # anchor_interp.models.PRESETS, without importing torch for --help
 
@@ -45,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
     ap.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     ap.add_argument("--checkpoint-every-steps", type=int, default=0)
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(ap, default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -61,7 +67,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from anchor_interp.models import count_parameters, make_model, model_config, resolve_device
+    from anchor_interp.models import count_parameters, make_model, model_config
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train_many
 
@@ -80,7 +86,7 @@ def main(argv=None) -> int:
     try:
         recipe = get_recipe(args.recipe, **overrides)
         task = make_task(args.task, **args.task_param)
-        device = resolve_device(args.device)
+        device = resolve_cli_device(args.device)
         cfg = model_config(args.preset, task, **args.model_set)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -30,8 +30,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from anchor_interp.models.checkpoint import save_checkpoint
     from anchor_interp.models import count_parameters, make_model, model_config
+    from anchor_interp.models.checkpoint import save_checkpoint
     from anchor_interp.tasks import make_task
     from anchor_interp.training import get_recipe, train, write_history
 

@@ -11,6 +11,7 @@ needs when called.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -18,8 +19,6 @@ from anchor_interp.names import head_name, layer_hook_names
 from anchor_interp.result import PATCHING_SWEEPS, SCHEMA_VERSION, FindHeadsResult, json_safe, key_scores
 
 __all__ = [
-    "MAX_CIRCUIT_ABLATED_ACCURACY",
-    "MIN_KEPT_FRACTION",
     "PATCHING_SWEEPS",
     "SCHEMA_VERSION",
     "FindHeadsResult",
@@ -47,19 +46,25 @@ def find_heads(
     preset: str | None = None,
     command: str = "",
     device: str | None = None,
+    allow_unsolved: bool = False,
     log=None,
 ) -> FindHeadsResult:
     """Label every head of ``model`` on held-out data of ``task`` and gather the evidence for the report.
 
     ``model``: a HookedTransformer whose ``cfg.d_vocab`` / ``cfg.n_ctx`` fit ``task``. ``seed`` seeds
-    every sample drawn (same seed, same result on CPU). ``n_samples`` held-out rows (8..1e6) feed
+    every sample drawn (same seed, same result on CPU). ``n_samples`` held-out rows (20..1e6) feed
     accuracy, labels, patching and ablation; ``n_examples`` (0..16) of them keep their attention
     patterns for the report. ``patching`` / ``ablation`` switch those stages off. ``history``,
-    ``source``, ``preset`` and ``command`` are recorded as given. ``log``: optional callable receiving
-    progress lines. Raises ValueError for out-of-range options or a model that does not fit the task.
+    ``source``, ``preset`` and ``command`` are recorded as given. ``allow_unsolved``: label a model
+    below the competence floor anyway (``result.competence["solved"]`` says whether it solves the task).
+    ``log``: optional callable receiving progress lines. Raises ValueError for out-of-range options or
+    a model that does not fit the task.
+
+    The head evidence is computed once (``anchor_interp.labels``): the table, the JSON, the head-patching
+    heatmaps (``head_out/<kind>``) and the circuit check all read it.
     """
     _check_int("seed", seed, lo=0)
-    _check_int("n_samples", n_samples, lo=8, hi=1_000_000)
+    _check_int("n_samples", n_samples, lo=20, hi=1_000_000)
     _check_int("n_examples", n_examples, lo=0, hi=16)
     if ablation_method not in ("zero", "mean", "resample"):
         raise ValueError(f"ablation_method={ablation_method!r}; allowed: 'zero', 'mean', 'resample'")
@@ -88,12 +93,13 @@ def find_heads(
         accuracy = accuracy_by_group(model, task, batch)
         lap("accuracy")
     log(f"held-out accuracy {accuracy['overall']:.3f} on {accuracy['n']} rows")
-    heads, groups = _label(model, task, batch, seed=seed, method=ablation_method)
+    analysis = _label(model, task, batch, seed=seed, method=ablation_method, allow_unsolved=allow_unsolved)
+    heads = [r.to_dict() for r in analysis.records]
     lap("label_heads")
     log("labels: " + ", ".join(f"{h['name']}={h['label']}" for h in heads))
-    patch = _patching_heatmaps(model, task, batch, seed=seed) if patching else {}
+    patch = _patching_heatmaps(model, task, batch, analysis, seed=seed) if patching else {}
     lap("patching")
-    abl = _ablation_checks(model, task, batch, heads, method=ablation_method, seed=seed) if ablation else {}
+    abl = _ablation_checks(model, batch, analysis, method=ablation_method, seed=seed) if ablation else {}
     lap("ablation")
     with torch.no_grad():
         examples = example_patterns(model, task, batch, n_examples)
@@ -104,13 +110,18 @@ def find_heads(
         task=task.to_dict(),
         accuracy=accuracy,
         heads=heads,
-        groups=groups,
+        groups=[g.to_dict() for g in analysis.groups],
         patching=patch,
         ablation=abl,
         examples=examples,
         history=list(history or []),
         command=command,
         timings=timings,
+        competence=_competence(analysis, allow_unsolved),
+        labelling={"thresholds": dataclasses.asdict(analysis.thresholds), "circuit": analysis.circuit,
+                   "counterfactuals": {k: {"rows": analysis.baseline.get(f"rows_{k}"),
+                                           "logit_gap": analysis.baseline.get(f"logit_gap_{k}")}
+                                       for k in analysis.head_effects}},
     )
 
 
@@ -230,17 +241,21 @@ def example_patterns(model, task, batch, n_examples: int, decimals: int = 3) -> 
 # The stages below call the analysis modules (heads, patching, ablation); see docs/interfaces.md.
 
 
-def _label(model, task, batch, *, seed: int, method: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(head records, head groups) from anchor_interp.labels.analyse_heads, as dicts ordered by (layer, head)."""
+def _label(model, task, batch, *, seed: int, method: str, allow_unsolved: bool):
+    """The HeadAnalysis of anchor_interp.labels.analyse_heads (records ordered by (layer, head))."""
     from anchor_interp.labels import analyse_heads
 
-    analysis = analyse_heads(model, batch, task=task, seed=seed, method=method)
-    heads = sorted((r.to_dict() for r in analysis.records), key=lambda h: (h["layer"], h["head"]))
-    return heads, [g.to_dict() for g in analysis.groups]
+    return analyse_heads(model, batch, task=task, seed=seed, method=method, allow_unsolved=allow_unsolved)
 
 
-MAX_CIRCUIT_ABLATED_ACCURACY = 0.1  # issue 4: ablating the labelled heads brings accuracy to <= 0.1
-MIN_KEPT_FRACTION = 0.95  # ... and ablating every other head keeps >= 95% of it
+def _competence(analysis, allow_unsolved: bool) -> dict[str, Any]:
+    """The competence gate's facts (accuracies in [0, 1]); ``solved`` False means no shift / broadcast labels
+    unless ``allow_unsolved``."""
+    b = analysis.baseline
+    keys = ("competence_accuracy", "attainable_accuracy", "competence_floor", "solved")
+    return {**{k.removeprefix("competence_"): b.get(k) for k in keys}, "allow_unsolved": allow_unsolved}
+
+
 
 
 def _fixed_anchor_rows(batch) -> tuple[int, list[int]]:
@@ -259,75 +274,82 @@ def _fixed_anchor_rows(batch) -> tuple[int, list[int]]:
     return p, [i for i, a in enumerate(anchor) if a == p]
 
 
-def _patching_heatmaps(model, task, batch, *, seed: int) -> dict[str, dict[str, Any]]:
-    """Exact activation patching (clean = held-out batch, corrupt = its counterfactual), see PATCHING_SWEEPS.
-
-    Residual-stream sweeps (layer x pos) use only the rows whose anchor sits at one position, so that
-    "pos" means the same token role in every row (over all rows the key's position varies and each
-    position would restore only the rows whose key is there).
+def _patching_heatmaps(model, task, batch, analysis, *, seed: int) -> dict[str, dict[str, Any]]:
+    """The heatmaps of PATCHING_SWEEPS: ``head_out/<kind>`` is the labels' own whole-head effect (layer x
+    head, normalised), read from ``analysis``, not recomputed; ``resid_pre/<kind>`` is exact residual
+    patching (layer x pos) on the rows whose anchor sits at one position, so that "pos" means the same
+    token role in every row (over all rows the key's position varies and each position would restore
+    only the rows whose key is there).
     """
+    import torch
+
     from anchor_interp import patching
+    from anchor_interp.patching import PatchResult
 
     out: dict[str, dict[str, Any]] = {}
-    corrupt: dict[str, Any] = {}
     anchor_p, rows = _fixed_anchor_rows(batch)
     for name, sweep, kind in PATCHING_SWEEPS:
-        if kind not in corrupt:
-            corrupt[kind] = task.counterfactual(batch, kind, seed=seed)
-        if sweep == "resid_pre":
-            clean, corr = batch.select(rows), corrupt[kind].select(rows)
-            d = patching.patch_resid_pre(model, clean, corr, counterfactual=kind).to_dict()
-            key_p = int(clean.key_pos[0]) if len(rows) and bool((clean.key_pos == clean.key_pos[0]).all()) else -1
-            labels = [str(i) for i in range(batch.tokens.shape[1])]
-            if anchor_p >= 0:
-                labels[anchor_p] = f"{anchor_p}:A"
-            if key_p >= 0:
-                labels[key_p] = f"{key_p}:K"
-            d["extra"] = {**d.get("extra", {}), "pos_labels": labels,
-                          "rows": f"{len(rows)} held-out rows with the anchor at position {anchor_p}"}
-        else:
-            d = patching.patch_head_out(model, batch, corrupt[kind], counterfactual=kind).to_dict()
+        if sweep == "head_out":
+            if kind not in analysis.head_effects:
+                continue
+            values = torch.tensor(analysis.head_effects[kind], dtype=torch.float32)  # (L, H)
+            hooks = tuple(layer_hook_names("z", model.cfg.n_layers))
+            out[name] = PatchResult(values, ("layer", "head"), hooks, "logit_diff", kind, True, extra={
+                "rows": analysis.baseline.get(f"rows_{kind}"), "source": "labels"}).to_dict()
+            continue
+        clean = batch.select(rows)
+        corr = task.counterfactual(clean, kind, seed=seed)
+        d = patching.patch_resid_pre(model, clean, corr, counterfactual=kind).to_dict()
+        key_p = int(clean.key_pos[0]) if len(rows) and bool((clean.key_pos == clean.key_pos[0]).all()) else -1
+        labels = [str(i) for i in range(batch.tokens.shape[1])]
+        if anchor_p >= 0:
+            labels[anchor_p] = f"{anchor_p}:A"
+        if key_p >= 0:
+            labels[key_p] = f"{key_p}:K"
+        d["extra"] = {**d.get("extra", {}), "pos_labels": labels,
+                      "rows": f"{len(rows)} held-out rows with the anchor at position {anchor_p}"}
         out[name] = d
     return out
 
 
-def _ablation_checks(model, task, batch, heads, *, method: str, seed: int) -> dict[str, Any]:
-    """Circuit checks: ablate the labelled heads together (accuracy should collapse), then every other
-    head together (accuracy should stay). Accuracy in [0, 1] and loss (nats) at the last position of the
-    held-out batch, which is also the reference for mean/resample ablation. Per-head ablation effects
-    are in each head's scores (``ablation_accuracy_drop``), computed by label_heads.
+def _ablation_checks(model, batch, analysis, *, method: str, seed: int) -> dict[str, Any]:
+    """Circuit checks (:func:`anchor_interp.scores.ablation.circuit_check`): ablate the circuit's heads
+    together (accuracy should collapse), then every other head together (accuracy should stay). The
+    circuit is ``analysis.circuit``: the shift and broadcast heads and the copy heads the model needs.
+    Accuracy in [0, 1] and loss (nats) at the last position of the held-out batch, which is also the
+    reference for mean/resample ablation. Per-head ablation effects are in each head's scores
+    (``ablation_accuracy_drop``).
     """
+    from anchor_interp.names import parse_head_name
     from anchor_interp.scores import ablation
 
-    tokens, targets = batch.tokens, batch.targets
-    every = [(h["layer"], h["head"]) for h in heads]
-    labelled = [(h["layer"], h["head"]) for h in heads if h["label"] in ("shift", "broadcast")]
-    rest = [h for h in every if h not in labelled]
+    circuit = [parse_head_name(n) for n in analysis.circuit]
     out: dict[str, Any] = {
         "method": method,
-        "thresholds": {"max_circuit_ablated_accuracy": MAX_CIRCUIT_ABLATED_ACCURACY,
-                       "min_kept_fraction": MIN_KEPT_FRACTION},
+        "thresholds": {"max_circuit_ablated_accuracy": ablation.MAX_CIRCUIT_ABLATED_ACCURACY,
+                       "min_kept_fraction": ablation.MIN_KEPT_FRACTION},
+        "circuit": list(analysis.circuit),
         "checks": [],
     }
-    without_circuit = ablation.ablate(model, tokens, labelled, targets=targets, method=method, seed=seed)
-    base = without_circuit.base_accuracy
-    out["baseline"] = {"accuracy": base, "loss": without_circuit.base_loss}
-    if not labelled:
+    if not circuit:
+        base = ablation.ablate(model, batch.tokens, [], targets=batch.targets, method=method, seed=seed)
+        out["baseline"] = {"accuracy": base.base_accuracy, "loss": base.base_loss}
         out["note"] = "no head is labelled shift or broadcast, so there is no circuit to check"
         return out
+    c = ablation.circuit_check(model, batch.tokens, batch.targets, circuit, method=method, seed=seed)
+    out["baseline"] = {"accuracy": c.base_accuracy, "loss": c.base_loss}
     out["checks"].append({
-        "name": "ablate labelled heads", "heads": [head_name(*h) for h in labelled],
-        "accuracy": without_circuit.accuracy, "loss": without_circuit.loss, "kl": without_circuit.kl,
-        "expected": f"accuracy <= {MAX_CIRCUIT_ABLATED_ACCURACY}",
-        "passed": without_circuit.accuracy <= MAX_CIRCUIT_ABLATED_ACCURACY,
+        "name": "ablate the circuit", "heads": [head_name(*h) for h in c.heads],
+        "accuracy": c.accuracy_without_circuit, "loss": c.loss_without_circuit, "kl": c.kl_without_circuit,
+        "expected": f"accuracy <= {c.max_circuit_ablated_accuracy}", "passed": c.circuit_passes,
     })
-    r = ablation.ablate(model, tokens, rest, targets=targets, method=method, seed=seed)
-    kept = r.accuracy / base if base > 0 else float("nan")
     out["checks"].append({
-        "name": "ablate all other heads", "heads": [head_name(*h) for h in rest], "accuracy": r.accuracy,
-        "loss": r.loss, "kl": r.kl, "kept_fraction": kept,
-        "expected": f"accuracy >= {MIN_KEPT_FRACTION} x baseline", "passed": bool(kept >= MIN_KEPT_FRACTION),
+        "name": "ablate all other heads", "heads": [head_name(*h) for h in c.rest],
+        "accuracy": c.accuracy_without_rest, "loss": c.loss_without_rest, "kl": c.kl_without_rest,
+        "kept_fraction": c.kept_fraction, "expected": f"accuracy >= {c.min_kept_fraction} x baseline",
+        "passed": c.rest_passes,
     })
-    if not rest:
-        out["checks"][-1]["note"] = "every head is labelled: there is no other head to ablate"
+    if not c.rest:
+        out["checks"][-1]["note"] = "every head is in the circuit: there is no other head to ablate"
+        out["checks"][-1]["passed"] = None
     return out

@@ -24,9 +24,9 @@ SCHEMA_VERSION = 1
 
 # (patching name, sweep, counterfactual kind); each gives one heatmap in the report.
 PATCHING_SWEEPS = (
-    ("resid_pre/key_swap", "resid_pre", "key_swap"),
-    ("head_out/key_swap", "head_out", "key_swap"),
-    ("head_out/anchor_move", "head_out", "anchor_move"),
+    ("resid_pre/key_value", "resid_pre", "key_value"),
+    ("head_out/key_value", "head_out", "key_value"),
+    ("head_out/anchor_position", "head_out", "anchor_position"),
 )
 
 
@@ -53,7 +53,10 @@ class FindHeadsResult:
       "group", "patterns": {"blocks.L.attn.hook_pattern": [head][dest_pos][src_pos]}}]``.
     - ``history``: training metric rows from the checkpoint (may be empty).
     - ``timings``: seconds spent in each stage of find_heads.
-
+    - ``competence``: the competence gate: ``{"accuracy", "attainable_accuracy", "floor", "solved",
+      "allow_unsolved"}`` (accuracies in [0, 1], unmasked groups); empty in results of older versions.
+    - ``labelling``: ``{"thresholds", "circuit": ["L0H1", ...], "counterfactuals": {kind: {"rows",
+      "logit_gap"}}}``: how the labels were made.
     """
 
     seed: int
@@ -70,6 +73,8 @@ class FindHeadsResult:
     package_version: str = __version__
     schema_version: int = SCHEMA_VERSION
     timings: dict[str, float] = field(default_factory=dict)
+    competence: dict[str, Any] = field(default_factory=dict)
+    labelling: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (a deep copy); ``schema_version`` first."""

@@ -4,6 +4,9 @@ tests/fixtures_<name>.py and import them in their test files).
 - ``identity_task``: ``make_task("identity")``.
 - ``default_model`` / ``mechanism_model``: ``(model, task)`` from ``anchor_interp.models.zoo.load``; loaded
   once per session, in eval mode. Do not train or modify them in place (use ``copy.deepcopy``).
+- ``no_shape_checks``: jaxtyping's runtime checks off for one test. The suite runs with jaxtyping's pytest
+  hook (pyproject.toml addopts), which rejects a wrong shape or dtype with ``jaxtyping.TypeCheckError``
+  before the function runs; a test of the ``ValueError`` that callers without the hook get uses this.
 """
 
 from __future__ import annotations
@@ -37,3 +40,15 @@ def mechanism_model():
     from anchor_interp.models import zoo
 
     return zoo.load("mechanism")
+
+
+@pytest.fixture
+def no_shape_checks():
+    from jaxtyping import config
+
+    before = config.jaxtyping_disable
+    config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        config.update("jaxtyping_disable", before)

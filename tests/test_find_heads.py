@@ -10,6 +10,7 @@ import pytest
 from fixtures_findheads import synthetic_result
 
 from anchor_interp.find_heads import SCHEMA_VERSION, FindHeadsResult, find_heads
+from anchor_interp.names import parse_head_name
 
 
 def test_result_round_trips_through_json(tmp_path):
@@ -44,7 +45,7 @@ def test_non_finite_numbers_become_null_and_overwrite_is_refused(tmp_path):
         (lambda d: d.pop("heads"), "heads"),
     ],
 )
-def test_from_dict_rejects_other_versions_and_missing_keys(change, match):
+def test_from_dict_rejects_other_versions_and_missing_keys(change, match, no_shape_checks):
     d = synthetic_result().to_dict()
     change(d)
     with pytest.raises(ValueError, match=match):
@@ -87,9 +88,15 @@ def test_find_heads_on_the_default_model(default_result, default_model):
 
 def test_patching_heatmaps_show_where_the_key_lives(default_result):
     p = default_result.patching
-    assert set(p) == {"resid_pre/key_swap", "head_out/key_swap", "head_out/anchor_move"}
-    assert p["head_out/key_swap"]["axes"] == ["layer", "head"]
-    resid = p["resid_pre/key_swap"]
+    assert set(p) == {"resid_pre/key_value", "head_out/key_value", "head_out/anchor_position"}
+    assert p["head_out/key_value"]["axes"] == ["layer", "head"]
+    # the heatmaps are the labels' own whole-head effects: one number per head, never two
+    for kind in ("key_value", "anchor_position"):
+        values = p[f"head_out/{kind}"]["values"]
+        for h in default_result.heads:
+            assert values[h["layer"]][h["head"]] == pytest.approx(h["scores"][f"patch_{kind}"], abs=1e-6) or (
+                h["scores"][f"patch_{kind}"] in (0.0, 1.0))  # scores are clipped to [0, 1]
+    resid = p["resid_pre/key_value"]
     assert resid["axes"] == ["layer", "pos"] and resid["normalised"]
     # all rows share one anchor position, so patching the clean key into layer 0 at the key's position
     # restores the clean answer, and patching any other position at layer 0 does (almost) nothing
@@ -108,7 +115,10 @@ def test_ablation_checks_are_consistent_with_the_labels(default_result):
         assert a["checks"] == [] and "no head" in a["note"]
         return
     circuit, rest = a["checks"]
-    assert circuit["heads"] == labelled
+    # the circuit: the labelled heads plus the copy heads whose group the model needs
+    needed_copies = [name for g in default_result.groups if g["name"].startswith("copy") and g["joint_effect"] >= 0.1
+                     for name in g["heads"]]
+    assert circuit["heads"] == a["circuit"] == sorted(labelled + needed_copies, key=parse_head_name)
     assert sorted(circuit["heads"] + rest["heads"]) == sorted(h["name"] for h in default_result.heads)
     assert circuit["passed"] == (circuit["accuracy"] <= 0.1)
     assert rest["passed"] == (rest["accuracy"] / a["baseline"]["accuracy"] >= 0.95)
@@ -135,7 +145,7 @@ def test_same_seed_same_result(default_model):
         (dict(ablation_method="bogus"), "ablation_method"),
     ],
 )
-def test_bad_options_raise_value_error(default_model, kwargs, match):
+def test_bad_options_raise_value_error(default_model, kwargs, match, no_shape_checks):
     model, task = default_model
     with pytest.raises(ValueError, match=match):
         find_heads(model, task, **{"n_samples": 64, **kwargs})
@@ -149,3 +159,42 @@ def test_model_that_does_not_fit_the_task_is_refused(default_model):
     assert task.seq_len > model.cfg.n_ctx
     with pytest.raises(ValueError, match="does not fit task"):
         find_heads(model, task, n_samples=64)
+
+
+def test_report_numbers_equal_the_json(default_result):
+    """Every number in the report that names its JSON path shows that JSON value (rounded as shown)."""
+    import re
+
+    from anchor_interp.report.html import render_html
+
+    page = render_html(default_result)
+    d = json.loads(default_result.to_json())
+    found = re.findall(r'data-json-path="([^"]+)">([^<]*)<', page)
+    assert len(found) >= 3 * len(d["heads"])
+    for path, shown in found:
+        value = d
+        for part in path.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        if path.endswith("stability"):
+            assert shown == ("–" if value is None else f"{value:.0%}"), path
+        else:
+            digits = len(shown.split(".")[1]) if "." in shown else 0
+            assert float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2), path
+
+
+def test_unsolved_model_gets_no_labels_and_a_banner(default_model):
+    """Below the competence floor (a freshly initialised model): no shift / broadcast label, a note, a banner;
+    with allow_unsolved the labels are given."""
+    from anchor_interp.models import make_model
+    from anchor_interp.report.html import render_html
+
+    _, task = default_model
+    model = make_model("small", task, seed=5)
+    res = find_heads(model, task, seed=1, n_samples=64, n_examples=0, patching=False, ablation=False)
+    assert res.competence["solved"] is False and res.competence["floor"] == pytest.approx(0.9)
+    assert all(h["label"] == "neither" for h in res.heads)
+    assert any("does not solve the task" in n for n in res.heads[0]["notes"])
+    assert 'id="unsolved-banner"' in render_html(res)
+    allowed = find_heads(model, task, seed=1, n_samples=64, n_examples=0, patching=False, ablation=False,
+                         allow_unsolved=True)
+    assert allowed.competence["allow_unsolved"] is True and 'id="unsolved-banner"' in render_html(allowed)

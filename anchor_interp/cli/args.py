@@ -12,15 +12,23 @@ import re
 
 __all__ = [
     "DEVICE_HELP",
+    "DEVICE_NAMES",
     "RECIPE_NAMES",
     "UsageError",
+    "add_device_argument",
+    "parse_device",
     "parse_field_value",
     "parse_field_values",
     "parse_init_gamma",
+    "resolve_cli_device",
 ]
 
-_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-DEVICE_HELP = "cpu (default), cuda, cuda:N or mps"
+# The one device vocabulary (anchor_interp.models.presets.DEVICE_CHOICES, named here without importing torch):
+# parse_device checks the spelling when the arguments are parsed, resolve_cli_device (-> models.resolve_device)
+# turns it into a torch.device when the script runs.
+DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps"
 
 
 class UsageError(ValueError):
@@ -81,7 +89,31 @@ def _nonneg_int(name: str):
     return parse
 
 
-def _device(text: str) -> str:
+def parse_device(text: str) -> str:
+    """``--device`` values: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (returned as given).
+    Raises ArgumentTypeError otherwise. Whether the device exists is checked by :func:`resolve_cli_device`."""
     if not _DEVICE_RE.match(text):
-        raise argparse.ArgumentTypeError(f"--device {text!r} is not a device; allowed: cpu, cuda, cuda:N, mps")
+        raise argparse.ArgumentTypeError(
+            f"--device {text!r} is not a device; allowed: {', '.join(DEVICE_NAMES)}")
     return text
+
+
+_device = parse_device  # the name the find_heads CLI imports
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """Add the shared ``--device`` option (:func:`parse_device`) with ``default``."""
+    parser.add_argument("--device", type=parse_device, default=default, metavar="DEVICE",
+                        help=f"{DEVICE_HELP} (default: {default})")
+
+
+def resolve_cli_device(text: str):
+    """The ``torch.device`` of a parsed ``--device`` value (:func:`anchor_interp.models.resolve_device`:
+    ``auto`` -> cuda if available, else cpu). Raises UsageError (one line, exit 2) naming ``--device``
+    when that device is not available here. Imports torch."""
+    from anchor_interp.models.presets import resolve_device
+
+    try:
+        return resolve_device(text)
+    except ValueError as e:
+        raise UsageError(f"--device {text}: {e}") from None

@@ -8,7 +8,8 @@
 Arguments are parsed and checked before torch or TransformerLens are imported, so ``--help`` and
 bad input answer at once. Bad input (a missing or corrupt checkpoint, a task that does not match,
 an unknown option value, an output that exists without --force) prints ONE line on stderr and exits
-with status 2. Exit status 0 = success.
+with status 2. Exit status 0 = success; 3 = the model does not solve the task (outputs written, shift and
+broadcast labels withheld unless --allow-unsolved).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 
 from anchor_interp.cli.args import (
     UsageError,
-    _device,
     _nonneg_int,
     _Parser,
+    add_device_argument,
+    resolve_cli_device,
 )
 
 PROG = "anchor-find-heads"
@@ -33,8 +35,8 @@ DEFAULT_REPORT = Path("out") / "find_heads" / "report.html"
 
 def _n_samples(text: str) -> int:
     value = _nonneg_int("--n-samples")(text)
-    if not 8 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"--n-samples must be in 8..1000000, got {value}")
+    if not 20 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--n-samples must be in 20..1000000, got {value}")
     return value
 
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_nonneg_int("--epochs"), metavar="N",
                    help="with --train: train for N epochs instead of the recipe's")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of every sample drawn (default: 0)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    add_device_argument(p, default="cpu")
     p.add_argument("--n-samples", type=_n_samples, default=256, metavar="N",
                    help="held-out rows for accuracy, labels, patching and ablation (default: 256)")
     p.add_argument("--json", metavar="PATH", help="result JSON (default: the report path with .json)")
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write only the JSON result")
     p.add_argument("--force", action="store_true", help="overwrite an existing report / JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--allow-unsolved", action="store_true",
+                   help="label a model below the competence floor anyway (default: withhold shift/broadcast "
+                        "labels, write the outputs, exit with status 3)")
     return p
 
 
@@ -172,7 +177,7 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
 
     # The anchor models are tiny: one thread is as fast as several, and it does not stall on a busy machine.
     torch.set_num_threads(1)
-    _check_device(args.device, torch)
+    args.device = str(resolve_cli_device(args.device))  # "auto" -> "cuda" or "cpu"; UsageError if unavailable
     model, task, history, preset, source = _load_model(args)
     if args.device != "cpu":
         model = model.to(args.device)
@@ -183,7 +188,7 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
     command = " ".join([PROG] + [shlex.quote(a) for a in argv])
     result = find_heads(
         model, task, seed=args.seed, n_samples=args.n_samples, history=history, preset=preset, source=source,
-        command=command, device=args.device, log=lambda m: _say(args, m),
+        command=command, device=args.device, allow_unsolved=args.allow_unsolved, log=lambda m: _say(args, m),
     )
     print(format_head_table(result.to_dict()))
     if json_path is not None:
@@ -195,18 +200,12 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
         write_report(result, report_path, overwrite=args.force)
         print(f"report: {report_path}")
     _say(args, f"done in {time.perf_counter() - t_start:.1f} s")
+    if not result.competence.get("solved", True) and not args.allow_unsolved:
+        print(f"{PROG}: the model does not solve the task (held-out accuracy "
+              f"{result.competence.get('accuracy', float('nan')):.3f} < floor {result.competence.get('floor', 0):.3f}); "
+              "shift/broadcast labels withheld (--allow-unsolved labels anyway); exit status 3", file=sys.stderr)
+        return 3
     return 0
-
-
-def _check_device(device: str, torch) -> None:
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: MPS is not available on this machine; use --device cpu")
 
 
 def _read_history(folder: Path) -> list[dict]:
@@ -273,34 +272,52 @@ def _train(args):
 
 
 def format_head_table(result: dict) -> str:
-    """The console table: one line per head (layer, head, label, key scores, causal effect)."""
-    from anchor_interp.result import key_scores
-
+    """The console table: one line per head: label, offset or kind, the label role's effect with its 95%
+    interval, the counterfactual that measured it, stability over batches, its route; then groups and
+    circuit checks. A ``~`` after the label marks a borderline head."""
     heads = sorted(result.get("heads") or [], key=lambda h: (h["layer"], h["head"]))
-    acc = result.get("accuracy") or {}
+    acc, comp = result.get("accuracy") or {}, result.get("competence") or {}
     overall = acc.get("overall")
-    lines = [f"held-out accuracy {overall if overall is None else f'{overall:.3f}'} ({acc.get('n', '?')} rows)"]
-    lines.append(f"{'head':<6} {'label':<10} {'offset/kind':<12} {'shift':>5} {'bcast':>5} {'effect':>7}  "
-                 f"{'counterfactual':<14} {'conf':>5}  group")
-
-    def num(x, fmt):
-        return format(x, fmt) if isinstance(x, (int, float)) else "-"
-
+    line = f"held-out accuracy {overall if overall is None else f'{overall:.3f}'} ({acc.get('n', '?')} rows"
+    line += ", unmasked groups)" if acc.get("n_masked") else ")"
+    if comp:
+        line += (f"; competence floor {_num(comp.get('floor'), '.3f')}: "
+                 + ("solved" if comp.get("solved") else "NOT SOLVED" + ("" if comp.get("allow_unsolved")
+                                                                     else ", shift/broadcast labels withheld")))
+    lines = [line, f"{'head':<6} {'label':<11} {'offset/kind':<11} {'effect [95% CI]':<18} {'counterfactual':<16} "
+                   f"{'stable':<6}  route"]
     for h in heads:
-        detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
-        ks = key_scores(h)
-        lines.append(
-            f"{h['name']:<6} {h.get('label', '?'):<10} {detail:<12} {num(ks['shift'], '.2f'):>5} "
-            f"{num(ks['broadcast'], '.2f'):>5} {num(h.get('causal_effect'), '.3f'):>7}  "
-            f"{str(h.get('counterfactual') or '-'):<14} {num(h.get('confidence'), '.2f'):>5}  {h.get('group') or ''}"
-        )
+        lines.append(_head_line(h))
     for g in result.get("groups") or []:
         lines.append(f"group {g.get('name')}: {', '.join(g.get('heads') or [])} ({g.get('label', '')}), "
-                     f"joint effect {num(g.get('joint_effect'), '.3f')} ({g.get('metric', '')})")
+                     f"joint effect {_num(g.get('joint_effect'), '.3f')} ({g.get('metric', '')})")
     for c in (result.get("ablation") or {}).get("checks") or []:
-        lines.append(f"check {c['name']}: accuracy {num(c.get('accuracy'), '.3f')} "
-                     f"(expected {c.get('expected')}): {'pass' if c.get('passed') else 'FAIL'}")
+        verdict = "pass" if c.get("passed") else ("n/a" if c.get("passed") is None else "FAIL")
+        lines.append(f"check {c['name']}: accuracy {_num(c.get('accuracy'), '.3f')} "
+                     f"(expected {c.get('expected')}): {verdict}")
     return "\n".join(lines)
+
+
+def _num(x, fmt):
+    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def _head_line(h: dict) -> str:
+    detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
+    label = h.get("label", "?") + ("~" if h.get("borderline") else "")
+    roles = h.get("roles") or []
+    main = next((r for r in roles if r.get("passes")), None)
+    if main is not None:
+        effect = f"{_num(main.get('effect'), '.2f')} [{_num(main.get('ci_low'), '.2f')}, {_num(main.get('ci_high'), '.2f')}]"
+        route = main.get("route", "")
+        also = [f"{r['name']} {_num(r.get('effect'), '.2f')}" for r in roles if r.get("passes") and r is not main]
+        route += f" (also {', '.join(also)})" if also else ""
+    else:
+        effect, route = _num(h.get("causal_effect"), ".3f"), ""
+    stab = h.get("stability")
+    stable = "-" if stab is None else f"{stab:.0%}"
+    return (f"{h['name']:<6} {label:<11} {detail:<11} {effect:<18} {str(h.get('counterfactual') or '-'):<16} "
+            f"{stable:<6}  {route}").rstrip()
 
 
 if __name__ == "__main__":

@@ -4,10 +4,17 @@
     records = label_heads(model, tokens)                    # no task: ablation KL on the model's own output
     analysis = analyse_heads(model, batch, task=task)       # records + head groups + thresholds
 
-    evidence.py  model + rows -> HeadEvidence per head (pattern, weight, ablation and patching scores)
-    rule.py      HeadEvidence -> HeadRecord (``decide``: pure; the table of roles)
-    groups.py    records + evidence -> HeadGroups (joint ablation), records updated
-    records.py   Thresholds, HeadRecord, HeadGroup, HeadAnalysis (the JSON contract)
+    routes.py     clean + counterfactual rows -> per-part source effects and path (route) effects
+    roles.py      route effects -> each head's candidate roles (shift(k), broadcast(slot), copy)
+    evidence.py   model + rows -> HeadEvidence per head (pattern, weight, ablation scores and roles)
+    rule.py       HeadEvidence -> HeadRecord (``decide``: pure; the table of roles)
+    stability.py  rows split into folds -> each head's label per fold -> stability, borderline
+    groups.py     records + evidence -> HeadGroups (joint ablation), records updated
+    records.py    Thresholds, HeadRecord, HeadGroup, HeadAnalysis (the JSON contract)
+
+With a task, ``analyse_heads`` first keeps the rows of the unmasked groups (what the model was trained
+to do) and checks the model solves them (the competence gate); then evidence -> rule -> stability over
+``N_FOLDS`` folds -> groups.
 
 docs/concepts.md gives the rule's reasons and the measurements behind each threshold.
 """
@@ -16,13 +23,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from anchor_interp.labels.evidence import (
-    MIN_BASE_ACCURACY,
-    ROLE_COUNTERFACTUAL,
-    HeadEvidence,
-    gather_evidence,
-)
-from anchor_interp.labels.groups import find_groups
+from anchor_interp.labels.evidence import MIN_BASE_ACCURACY, HeadEvidence, gather_evidence
+from anchor_interp.labels.gate import COMPETENCE_FLOOR, MIN_ROWS, competence, unmasked_rows
+from anchor_interp.labels.groups import circuit_heads, find_groups
 from anchor_interp.labels.records import (
     DEFAULT_THRESHOLDS,
     FULL_EVIDENCE,
@@ -33,7 +36,9 @@ from anchor_interp.labels.records import (
     HeadRecord,
     Thresholds,
 )
+from anchor_interp.labels.roles import RoleEvidence
 from anchor_interp.labels.rule import ROLES, decide
+from anchor_interp.labels.stability import N_FOLDS, fold_labels
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name
 
@@ -45,12 +50,17 @@ __all__ = [
     "HeadGroup",
     "HeadRecord",
     "LABELS",
+    "COMPETENCE_FLOOR",
     "MIN_BASE_ACCURACY",
+    "MIN_ROWS",
     "NEITHER_KINDS",
+    "N_FOLDS",
     "ROLES",
-    "ROLE_COUNTERFACTUAL",
+    "RoleEvidence",
     "Thresholds",
     "analyse_heads",
+    "circuit_heads",
+    "competence",
     "decide",
     "head_name",
     "label_heads",
@@ -66,6 +76,7 @@ def label_heads(
     seed: int = 0,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     method: str = "mean",
+    allow_unsolved: bool = False,
 ) -> list[HeadRecord]:
     """One :class:`HeadRecord` per head, ordered by (layer, head); see :mod:`anchor_interp.labels.rule`.
 
@@ -73,11 +84,13 @@ def label_heads(
     carries the anchor and key positions). With a task and a bare tensor, a held-out batch of
     ``n_samples`` (default: as many rows as ``tokens``) is sampled from the task with ``seed`` instead.
     ``method``: ablation method for groups and the no-task KL (``"mean"``, ``"zero"``, ``"resample"``).
-    Raises ValueError for bad inputs (messages name the parameter), for a task batch whose
-    counterfactual cannot be built, and for thresholds outside [0, 1].
+    With a task, a model whose held-out accuracy on the unmasked groups is below ``COMPETENCE_FLOOR`` of
+    what the task allows gets no shift / broadcast label (kind ``unsolved``, with a note) unless
+    ``allow_unsolved``. Raises ValueError for bad inputs (messages name the parameter), for fewer than
+    ``MIN_ROWS`` rows, and for thresholds outside [0, 1].
     """
     return analyse_heads(model, tokens, task, n_samples=n_samples, seed=seed, thresholds=thresholds,
-                         method=method).records
+                         method=method, allow_unsolved=allow_unsolved).records
 
 
 def _task_batch(tokens, task, n_samples, seed):
@@ -102,6 +115,7 @@ def analyse_heads(
     seed: int = 0,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     method: str = "mean",
+    allow_unsolved: bool = False,
 ) -> HeadAnalysis:
     """Like :func:`label_heads`, and also return the head groups, thresholds and baselines."""
     if not isinstance(thresholds, Thresholds):
@@ -111,15 +125,67 @@ def analyse_heads(
     batch, notes = None, []
     if task is not None:
         batch, notes = _task_batch(tokens, task, n_samples, seed)
+        check_tokens(model, batch.tokens)
+        batch, dropped_note = unmasked_rows(batch, task)
+        notes += dropped_note
         tokens = batch.tokens
     check_tokens(model, tokens)
+    if tokens.shape[0] < MIN_ROWS:
+        raise ValueError(f"tokens: {tokens.shape[0]} rows; labels need at least {MIN_ROWS} (pass more rows, e.g. "
+                         f"n_samples=256)")
     ev = gather_evidence(model, tokens, batch=batch, task=task, thresholds=thresholds, method=method, seed=seed)
     records = [decide(ev.heads[key], thresholds) for key in sorted(ev.heads)]
+    baseline = dict(ev.baseline)
+    if batch is not None:
+        gate = competence(model, batch, task)
+        baseline.update(gate)
+        stability = fold_labels(model, batch, task, ev, thresholds, seed=seed)
+        for rec in records:
+            _apply_stability(rec, stability.get((rec.layer, rec.head)))
+        if not gate["solved"]:
+            notes.append(_gate_note(gate, allow_unsolved))
+            if not allow_unsolved:
+                _withhold_labels(records)
+    else:
+        notes.append("no task: labels come from attention patterns, weights and ablation (KL share) on the given "
+                     "tokens; no counterfactual, route or competence evidence is available")
     groups = find_groups(model, tokens, batch, records, ev, thresholds, method=method, seed=seed)
     _note_dispensable(records, thresholds, has_task=batch is not None)
     for rec in records:
         rec.notes = notes + ev.notes + rec.notes
-    return HeadAnalysis(records, groups, thresholds, ev.baseline)
+    head_effects = {kind: v.tolist() for kind, v in ev.causal.head_effect.items()} if ev.causal else {}
+    circuit = [head_name(*h) for h in circuit_heads(records, groups, thresholds)]
+    return HeadAnalysis(records, groups, thresholds, baseline, head_effects, circuit)
+
+
+def _apply_stability(rec: HeadRecord, labels: list[tuple] | None) -> None:
+    """Fold labels -> ``stability`` (share of the majority), ``borderline`` if not unanimous."""
+    if not labels:
+        return
+    mine = (rec.label, rec.offset, rec.kind)
+    top = max(set(labels), key=labels.count)
+    rec.stability = labels.count(top) / len(labels)
+    rec.confidence *= labels.count(mine) / len(labels)
+    if rec.stability < 1.0:
+        rec.borderline = True
+        shown = ", ".join(f"{lab}{'' if off is None else f'({off:+d})'}{'' if k is None else '/' + k}"
+                          for lab, off, k in labels)
+        rec.notes.append(f"label differs across the {len(labels)} batches: {shown}")
+
+
+def _gate_note(gate: dict, allowed: bool) -> str:
+    what = ("labels are given anyway (allow_unsolved)" if allowed
+            else "no head gets a shift or broadcast label (pass allow_unsolved / --allow-unsolved to label anyway)")
+    return (f"the model does not solve the task: held-out accuracy {gate['competence_accuracy']:.3f} on the unmasked "
+            f"groups is below the floor {gate['competence_floor']:.3f} ({COMPETENCE_FLOOR} x the attainable "
+            f"{gate['attainable_accuracy']:.3f}); {what}")
+
+
+def _withhold_labels(records: list[HeadRecord]) -> None:
+    for rec in records:
+        if rec.label in ("shift", "broadcast"):
+            rec.notes.append(f"withheld label: {rec.label}" + ("" if rec.offset is None else f"({rec.offset:+d})"))
+            rec.label, rec.kind, rec.offset = "neither", "unsolved", None
 
 
 def _note_dispensable(records: list[HeadRecord], th: Thresholds, *, has_task: bool) -> None:

@@ -4,20 +4,21 @@
     evidence.heads[(layer, head)]  -> HeadEvidence (scores, role pattern scores, role effects, offsets)
 
 Pattern scores come from :mod:`anchor_interp.scores.patterns`, weight scores from
-:mod:`anchor_interp.scores.weights`, ablation from :mod:`anchor_interp.scores.ablation`, causal effects
-from :mod:`anchor_interp.patching` (with a task) or ablation KL (without one). Every score is in [0, 1]
-unless its name says otherwise (docs/concepts.md).
+:mod:`anchor_interp.scores.weights`, ablation from :mod:`anchor_interp.scores.ablation`; the causal
+evidence is, with a task, each head's candidate roles with their routes (:mod:`anchor_interp.labels.roles`)
+and, without one, the share of the KL of ablating every head. Every score is in [0, 1] unless its name
+says otherwise (docs/concepts.md).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from anchor_interp.labels.records import Thresholds, clip01
+from anchor_interp.labels.roles import CausalEvidence, RoleEvidence, measure_roles
 from anchor_interp.scores.ablation import ablate, per_head_ablation
 from anchor_interp.scores.patterns import attention_patterns, is_causal, pattern_scores, task_pattern_scores
 from anchor_interp.scores.weights import (
@@ -27,9 +28,8 @@ from anchor_interp.scores.weights import (
     qk_positional_preference,
 )
 
-__all__ = ["MIN_BASE_ACCURACY", "ROLE_COUNTERFACTUAL", "HeadEvidence", "ModelEvidence", "gather_evidence"]
+__all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "gather_evidence"]
 
-ROLE_COUNTERFACTUAL = {"shift": "anchor_move", "broadcast": "key_swap"}
 MIN_BASE_ACCURACY = 0.1  # below this held-out accuracy, relative accuracy drops are not computed
 TASK_SCORE_KEYS = ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
                    "last_row_to_pair", "key_column", "anchor_column", "task_shift", "task_broadcast")
@@ -37,11 +37,12 @@ TASK_SCORE_KEYS = ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", 
 
 @dataclass
 class HeadEvidence:
-    """One head's evidence. ``pattern`` / ``effect``: role (``"shift"``, ``"broadcast"``) -> pattern
-    score in [0, 1] / causal effect (normalised patching with a task, KL share without; unclipped).
+    """One head's evidence. ``pattern``: role (``"shift"``, ``"broadcast"``) -> pattern score in [0, 1];
     ``offset``: the shift offset the role pattern prefers; ``generic_offset``: that of the generic
-    ``shift`` score; ``qk_offset``: the positional-QK preference; ``location``: share in [0, 1] of the
-    head's key_swap effect at the last position (None when unmeasured)."""
+    ``shift`` score; ``qk_offset``: the positional-QK preference. With a task: ``roles`` (candidate roles
+    with effect, interval and route, largest first) and ``head_effect`` (counterfactual kind -> the whole
+    head's normalised effect). Without one: ``effect`` (role -> KL share of ablating the head, the same
+    for both roles)."""
 
     layer: int
     head: int
@@ -51,20 +52,23 @@ class HeadEvidence:
     offset: int
     generic_offset: int
     qk_offset: int
-    location: float | None
     has_task: bool
+    roles: list[RoleEvidence] = field(default_factory=list)
+    head_effect: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class ModelEvidence:
     """Evidence for every head plus what groups need: ``single_effect`` [layer, head] (relative accuracy
-    drop with a task, KL share without), ``group_metric``, ``baseline`` facts and ``notes`` for every head."""
+    drop with a task, KL share without), ``group_metric``, ``baseline`` facts, ``notes`` for every head,
+    and (with a task) the ``causal`` role evidence."""
 
     heads: dict[tuple[int, int], HeadEvidence]
     single_effect: Tensor
     group_metric: str
     baseline: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    causal: CausalEvidence | None = None
 
 
 def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds: Thresholds, method: str,
@@ -83,7 +87,7 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
     ov = ov_copying_score(model, token_ids)
     qk_offset, qk_score = qk_positional_preference(model)
     if batch is not None:
-        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed)
+        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal)
     else:
         causal_ev = _ablation_effects(model, tokens, method, seed)
     heads = {}
@@ -91,13 +95,11 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
         for head in range(model.cfg.n_heads):
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         causal_ev["notes"])
+                         causal_ev["notes"], causal_ev.get("roles"))
 
 
-def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed) -> dict:
-    """With a task: DLA share, per-head ablation accuracy drop, patching effect per role, key location."""
-    from anchor_interp.patching import patch_head_out
-
+def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool) -> dict:
+    """With a task: DLA share, per-head ablation accuracy drop, and every head's candidate roles."""
     notes: list[str] = []
     baseline: dict[str, float] = {}
     dla = dla_share(direct_logit_attribution(model, tokens, batch.targets.clamp_min(0)))
@@ -109,31 +111,13 @@ def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed) -> d
     else:  # a relative drop from (almost) nothing is noise
         acc_drop = torch.zeros_like(abl["accuracy"])
         notes.append(f"held-out accuracy {base_acc:.3f} < {MIN_BASE_ACCURACY}: accuracy drops are set to 0")
-    corrupt_of = {cf: task.counterfactual(batch, cf, seed=seed + 1) for cf in ROLE_COUNTERFACTUAL.values()}
-    effects: dict[str, Tensor] = {}
-    for role, cf in ROLE_COUNTERFACTUAL.items():
-        res = patch_head_out(model, batch, corrupt_of[cf], metric="logit_diff", counterfactual=cf)
-        gap = float(res.clean_value - res.corrupt_value)
-        baseline[f"logit_gap_{cf}"] = gap
-        vals = res.values.float().cpu()
-        if not math.isfinite(gap) or abs(gap) < th.min_logit_gap:
-            notes.append(
-                f"{cf}: the model barely separates clean and corrupt answers (logit gap {gap:.3g} < "
-                f"{th.min_logit_gap}); its patching effects are set to 0"
-            )
-            vals = torch.zeros_like(vals)
-        effects[role] = torch.nan_to_num(vals, nan=0.0)
-    last_share = None
-    if abs(baseline["logit_gap_key_swap"]) >= th.min_logit_gap:
-        # where the key lives in each head's output: key_swap patching one position at a time
-        by_pos = patch_head_out(model, batch, corrupt_of["key_swap"], metric="logit_diff", by_pos=True,
-                                counterfactual="key_swap")
-        by_pos = torch.nan_to_num(by_pos.values.float().cpu(), nan=0.0).abs()  # (L, H, T)
-        total = by_pos.sum(-1)  # (L, H)
-        last_share = torch.where(total > 1e-9, by_pos[..., -1] / total.clamp_min(1e-9),
-                                 torch.full_like(total, math.nan))
-    return {"dla": dla, "acc_drop": acc_drop, "effects": effects, "last_share": last_share,
-            "single_effect": acc_drop, "group_metric": "accuracy_drop", "baseline": baseline, "notes": notes}
+    roles = measure_roles(model, batch, task, thresholds=th, seed=seed, causal=causal)
+    notes += roles.notes
+    for kind, run in roles.runs.items():
+        baseline[f"logit_gap_{kind}"] = run["logit_gap"]
+        baseline[f"rows_{kind}"] = run["rows"]
+    return {"dla": dla, "acc_drop": acc_drop, "roles": roles, "single_effect": acc_drop,
+            "group_metric": "accuracy_drop", "baseline": baseline, "notes": notes}
 
 
 def _ablation_effects(model, tokens, method, seed) -> dict:
@@ -143,7 +127,7 @@ def _ablation_effects(model, tokens, method, seed) -> dict:
     every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     kl_all = ablate(model, tokens, every, method=method, seed=seed, positions="all").kl
     share = (abl["kl"] / kl_all).clamp(0, 1) if kl_all > 1e-9 else torch.zeros_like(abl["kl"])
-    return {"dla": None, "acc_drop": share, "effects": {"shift": share, "broadcast": share}, "last_share": None,
+    return {"dla": None, "acc_drop": share, "effects": {"shift": share, "broadcast": share},
             "single_effect": share, "group_metric": "kl_share", "baseline": {"kl_all_heads": kl_all}, "notes": []}
 
 
@@ -154,26 +138,23 @@ def _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev) -> H
     if ts is not None:
         for k in TASK_SCORE_KEYS:
             scores[k] = float(ts[k][layer, head])
-        # with a task the shift evidence is the task's own: key row -> anchor (or anchor row -> key)
+        # with a task the shift pattern is the task's own: key row -> anchor (or anchor row -> key)
         shift_pat, offset = scores["task_shift"], int(ts["task_shift_offset"][layer, head])
         bc_pat = max(bc_pat, scores["task_broadcast"])
     scores["shift_pattern"], scores["broadcast_pattern"] = shift_pat, bc_pat
     scores["ov_copying"] = float(ov[layer, head])
     scores["qk_positional_shift"] = float(qk_score[layer, head])
-    effects, dla = causal_ev["effects"], causal_ev["dla"]
-    if dla is not None:
-        scores["dla_share"] = float(dla[layer, head])
-        scores["ablation_accuracy_drop"] = clip01(float(causal_ev["acc_drop"][layer, head]))
-        for role, cf in ROLE_COUNTERFACTUAL.items():
-            scores[f"patch_{cf}"] = clip01(float(effects[role][layer, head]))
-    else:
-        scores["ablation_kl_share"] = clip01(float(causal_ev["acc_drop"][layer, head]))
-    location = None
-    last_share = causal_ev["last_share"]
-    if last_share is not None and math.isfinite(float(last_share[layer, head])):
-        location = float(last_share[layer, head])
-        scores["key_swap_last_share"] = location
     pattern = {"shift": shift_pat, "broadcast": bc_pat}
-    effect = {role: float(effects[role][layer, head]) for role in pattern}
-    return HeadEvidence(layer, head, scores, pattern, effect, offset, int(ps.shift_offset[layer, head]),
-                        int(qk_offset[layer, head]), location, dla is not None)
+    dla, roles = causal_ev["dla"], causal_ev.get("roles")
+    if roles is None:
+        scores["ablation_kl_share"] = clip01(float(causal_ev["acc_drop"][layer, head]))
+        effect = {role: float(causal_ev["effects"][role][layer, head]) for role in pattern}
+        return HeadEvidence(layer, head, scores, pattern, effect, offset, int(ps.shift_offset[layer, head]),
+                            int(qk_offset[layer, head]), False)
+    scores["dla_share"] = float(dla[layer, head])
+    scores["ablation_accuracy_drop"] = clip01(float(causal_ev["acc_drop"][layer, head]))
+    head_effect = {kind: float(eff[layer, head]) for kind, eff in roles.head_effect.items()}
+    for kind, v in head_effect.items():
+        scores[f"patch_{kind}"] = clip01(v)
+    return HeadEvidence(layer, head, scores, pattern, {}, offset, int(ps.shift_offset[layer, head]),
+                        int(qk_offset[layer, head]), True, roles.roles[(layer, head)], head_effect)

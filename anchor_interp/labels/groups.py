@@ -2,15 +2,17 @@
 
     groups = find_groups(model, tokens, batch, records, evidence, thresholds, method=..., seed=...)
 
-For each role and layer (shift: and offset), the heads confirmed in that role plus the inert candidates
-that still do something (effect >= a quarter of the confirming threshold; a decoy with zero output
-does not) are mean-ablated together. Two or more such heads form a group ``"<role>_L<layer>"``
-(``"shift_L0_offset-1"``) with that joint effect (task: relative held-out accuracy drop; no task: KL
-share). ``needed_together`` when the group removes at least ``Thresholds.group_effect`` while no member
-alone does; only then are inert members relabelled with the role (with a note) -- otherwise the group is
-the confirmed heads alone. With a task, the ``neither`` heads of a layer whose patching effect is at
-least that quarter threshold and that are needed only together form a group ``"other_L<layer>"``.
-Records are updated in place (``group``, notes, relabelled members).
+**With a task**, after every head is labelled: per layer, the heads labelled ``shift`` with one offset
+(``"shift_L0_offset-1"``), the heads labelled ``broadcast`` (``"broadcast_L1"``) -- two or more heads
+each -- and the key-copy heads (``neither`` / ``copy``, ``"copy_L0"``, one or more) are mean-ablated
+together; the group's ``joint_effect`` is the relative held-out accuracy drop. ``needed_together`` when
+the group removes at least ``Thresholds.group_effect`` while no member alone does. A copy group whose
+joint effect reaches ``Thresholds.effect`` is part of the circuit (``circuit_heads``).
+
+**Without a task**, for each role and layer (shift: and offset), the heads confirmed in that role plus
+the inert candidates that still do something (KL share >= a quarter of ``Thresholds.kl_share``) are
+ablated together; two or more form a group (joint effect: KL share); inert members are relabelled with
+the role only when the group is needed together. Records are updated in place (``group``, notes).
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from dataclasses import dataclass
 
 from anchor_interp.labels.evidence import ModelEvidence
 from anchor_interp.labels.records import FULL_EVIDENCE, HeadGroup, HeadRecord, Thresholds, clip01
-from anchor_interp.labels.rule import ROLES
 from anchor_interp.names import head_name
 from anchor_interp.scores.ablation import ablate
 
-__all__ = ["find_groups"]
+__all__ = ["circuit_heads", "find_groups"]
 
 
 @dataclass
@@ -67,8 +68,10 @@ def find_groups(model, tokens, batch, records: list[HeadRecord], ev: ModelEviden
     """The head groups of the analysis (module docstring); updates ``records`` in place."""
     cfg = model.cfg
     ctx = _Ctx(model, tokens, batch, {(r.layer, r.head): r for r in records}, ev, th, method, seed)
+    if batch is not None:
+        return _labelled_groups(ctx)
     groups: list[HeadGroup] = []
-    for role in ROLES:
+    for role in ("shift", "broadcast"):
         for layer in range(cfg.n_layers):
             # shift heads group by offset: two heads moving tokens by different offsets are two operations
             offsets = sorted({ev.heads[(layer, h)].offset for h in range(cfg.n_heads)}) if role == "shift" else [None]
@@ -78,12 +81,40 @@ def find_groups(model, tokens, batch, records: list[HeadRecord], ev: ModelEviden
                 group = _role_group(ctx, heads, role, f"{role}_L{layer}{suffix}")
                 if group is not None:
                     groups.append(group)
-    if batch is not None:
-        for layer in range(cfg.n_layers):
-            group = _other_group(ctx, layer)
-            if group is not None:
-                groups.append(group)
     return groups
+
+
+def _labelled_groups(ctx: _Ctx) -> list[HeadGroup]:
+    """With a task: groups of heads sharing a label (and offset) in one layer; copy heads by layer."""
+    sets: dict[str, list] = {}
+    for (layer, h), rec in sorted(ctx.by_head.items()):
+        if rec.label == "shift":
+            sets.setdefault(f"shift_L{layer}_offset{rec.offset:+d}", []).append((layer, h))
+        elif rec.label == "broadcast":
+            sets.setdefault(f"broadcast_L{layer}", []).append((layer, h))
+        elif rec.kind == "copy":
+            sets.setdefault(f"copy_L{layer}", []).append((layer, h))
+    groups = []
+    for name, members in sets.items():
+        if len(members) < 2 and not name.startswith("copy"):
+            continue
+        effect, singles = ctx.joint(members), ctx.singles(members)
+        needed = effect >= ctx.th.group_effect and max(singles.values()) < ctx.th.group_effect
+        label = "neither" if name.startswith("copy") else name.split("_")[0]
+        for h in members:
+            _join(ctx, h, name, members, "copy" if label == "neither" else label, effect, singles, needed,
+                  relabel=False)
+        groups.append(HeadGroup(name, label, [head_name(*h) for h in members], effect, ctx.ev.group_metric,
+                                singles, needed))
+    return groups
+
+
+def circuit_heads(records: list[HeadRecord], groups: list[HeadGroup], th: Thresholds) -> list[tuple[int, int]]:
+    """The circuit: every head labelled shift or broadcast, plus the copy heads of copy groups whose joint
+    ablation removes at least ``Thresholds.effect`` of the held-out accuracy (the model needs them)."""
+    needed_copies = {name for g in groups if g.name.startswith("copy") and g.joint_effect >= th.effect
+                     for name in g.heads}
+    return [(r.layer, r.head) for r in records if r.label in ("shift", "broadcast") or r.name in needed_copies]
 
 
 def _role_group(ctx: _Ctx, heads, role: str, name: str) -> HeadGroup | None:
@@ -141,28 +172,3 @@ def _join(ctx: _Ctx, h, name, members, role, effect, singles, needed, *, relabel
             f"carries {role} together with the other heads of group {name} ({names}): mean-ablating "
             f"them all removes {effect:.0%} ({metric}), this head alone {singles[head_name(*h)]:.0%}"
         )
-
-
-def _other_group(ctx: _Ctx, layer: int) -> HeadGroup | None:
-    """Heads with no role that still move the answer a little when patched: needed only jointly?"""
-    n_heads = ctx.model.cfg.n_heads
-    members = [(layer, h) for h in range(n_heads)
-               if ctx.by_head[(layer, h)].label == "neither" and ctx.by_head[(layer, h)].group is None
-               and max(ctx.by_head[(layer, h)].scores.get("patch_anchor_move", 0.0),
-                       ctx.by_head[(layer, h)].scores.get("patch_key_swap", 0.0)) >= ctx.contributes]
-    if len(members) < 2:
-        return None
-    effect, singles = ctx.joint(members), ctx.singles(members)
-    if not (effect >= ctx.th.group_effect and max(singles.values()) < ctx.th.group_effect):
-        return None
-    name, metric = f"other_L{layer}", ctx.ev.group_metric
-    names = ", ".join(head_name(*h) for h in members)
-    for h in members:
-        rec = ctx.by_head[h]
-        rec.group = name
-        rec.notes.append(
-            f"no shift or broadcast role, but needed together with the other heads of group {name} "
-            f"({names}): mean-ablating them all removes {effect:.0%} ({metric}), this head alone "
-            f"{singles[head_name(*h)]:.0%}"
-        )
-    return HeadGroup(name, "neither", [head_name(*h) for h in members], effect, metric, singles, True)

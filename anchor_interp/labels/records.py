@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 LABELS = ("shift", "broadcast", "neither")
-NEITHER_KINDS = ("sink", "self", "uniform", "inert", "other")
+NEITHER_KINDS = ("copy", "sink", "self", "uniform", "inert", "other", "unsolved")
 FULL_EVIDENCE = 0.5  # a pattern score or effect of 0.5 counts as full evidence in a confidence
 
 
@@ -43,23 +43,22 @@ def clip01(x: float) -> float:
 class Thresholds:
     """Decision thresholds, each in [0, 1] (justified in docs/concepts.md).
 
-    ``pattern``: least role pattern score for a candidate; ``effect``: least causal effect (normalised
-    patching) to confirm a role with a task; ``task_shift_floor`` / ``strong_effect``: with a task, a
-    head whose key-row/anchor-row lift (``task_shift``) is below ``pattern`` is still a shift candidate
-    when that lift is at least ``task_shift_floor`` and its ``anchor_move`` effect at least
-    ``strong_effect`` (a soft but above-chance shift that the output depends on); ``kl_share``: the same without a task (share of the KL of
-    ablating every head); ``group_effect``: least joint effect of a group; ``kind``: least sink/self score for that kind;
-    ``uniform``: least uniform score for kind ``uniform``; ``min_logit_gap``: least clean-vs-corrupt
-    logit difference (logits, not in [0, 1]) for patching to count: below it the model does not tell
-    the two answers apart and every effect is set to 0.
+    With a task: ``effect``: least normalised effect of a role's part (1 = restores the clean answer) for
+    the role to count; ``route``: least normalised path effect of that part into a later component (a
+    later layer's queries, keys or values, or the logits) for it to count as used; ``pattern``: least
+    pattern score for a role-less head to be called ``inert`` (it looks like the role but does nothing);
+    ``group_effect``: least joint effect of a group; ``min_logit_gap``: least clean-vs-corrupt logit
+    difference (logits, not in [0, 1]) for a counterfactual to be used at all.
+    Without a task: ``pattern`` makes a candidate, ``kl_share`` (share of the KL of ablating every head)
+    confirms it. ``kind``: least sink/self score for that kind; ``uniform``: least uniform score for kind
+    ``uniform``.
 
     Raises ValueError for a threshold outside [0, 1] (``min_logit_gap``: negative).
     """
 
     pattern: float = 0.2
     effect: float = 0.1
-    task_shift_floor: float = 0.05
-    strong_effect: float = 0.3
+    route: float = 0.05
     kl_share: float = 0.05
     group_effect: float = 0.5
     kind: float = 0.5
@@ -81,7 +80,13 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 @dataclass
 class HeadRecord:
-    """One head's label and its evidence (docs/interfaces.md). ``to_dict`` / ``from_dict`` are JSON-safe."""
+    """One head's label and its evidence (docs/interfaces.md). ``to_dict`` / ``from_dict`` are JSON-safe.
+
+    ``causal_effect``: the label role's effect (with a task; normalised, 1 = restores the clean answer);
+    ``roles``: every measured role (``RoleEvidence.to_dict()`` plus ``passes``, ``threshold``, ...);
+    ``borderline``: a score lies within its margin of a threshold, or the label is not the same on every
+    batch; ``stability``: fraction of the batches (folds) that gave the majority label; ``reads``: the
+    anchor a multi-anchor head reads."""
 
     layer: int
     head: int
@@ -95,6 +100,10 @@ class HeadRecord:
     confidence: float
     group: str | None = None
     notes: list[str] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    borderline: bool = False
+    stability: float | None = None
+    reads: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,13 +115,14 @@ class HeadRecord:
     def from_dict(cls, d: dict[str, Any]) -> HeadRecord:
         """Read back what ``to_dict`` wrote. Raises ValueError for missing fields."""
         known = {f.name for f in fields(cls)}
-        missing = known - set(d) - {"group", "notes"}
+        missing = known - set(d) - {"group", "notes", "roles", "borderline", "stability", "reads"}
         if missing:
             raise ValueError(f"HeadRecord.from_dict: missing fields {sorted(missing)}")
         kw = {k: d[k] for k in known if k in d}
         kw["scores"] = {k: (math.nan if v is None else float(v)) for k, v in kw["scores"].items()}
         kw["causal_effect"] = math.nan if kw["causal_effect"] is None else float(kw["causal_effect"])
         kw["notes"] = list(kw.get("notes") or [])
+        kw["roles"] = list(kw.get("roles") or [])
         return cls(**kw)
 
 
@@ -145,18 +155,24 @@ class HeadGroup:
 
 @dataclass
 class HeadAnalysis:
-    """``records`` (one per head, ordered by layer, head), ``groups``, the ``thresholds`` used, and
-    ``baseline`` facts (accuracy, logit gaps, KL of ablating everything)."""
+    """``records`` (one per head, ordered by layer, head), ``groups``, the ``thresholds`` used,
+    ``baseline`` facts (accuracy, logit gaps, competence gate, KL of ablating everything),
+    ``head_effects`` (with a task: counterfactual kind -> ``[layer][head]`` whole-head effect, normalised)
+    and ``circuit`` (the heads the circuit check ablates: shift, broadcast and needed copy heads)."""
 
     records: list[HeadRecord]
     groups: list[HeadGroup]
     thresholds: Thresholds
     baseline: dict[str, float]
+    head_effects: dict[str, list[list[float]]] = field(default_factory=dict)
+    circuit: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "heads": [r.to_dict() for r in self.records],
             "groups": [g.to_dict() for g in self.groups],
             "thresholds": asdict(self.thresholds),
-            "baseline": {k: finite_or_none(v) for k, v in self.baseline.items()},
+            "baseline": {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in self.baseline.items()},
+            "head_effects": {k: [[finite_or_none(x) for x in row] for row in v] for k, v in self.head_effects.items()},
+            "circuit": list(self.circuit),
         }

@@ -2,119 +2,178 @@
 
     record = decide(evidence, thresholds)
 
-1. **Candidates.** A role (``ROLES``) is a candidate when its pattern score is at least
-   ``Thresholds.pattern``; with a task a head is also a shift candidate when ``task_shift >=
-   Thresholds.task_shift_floor`` and its ``anchor_move`` effect is at least ``Thresholds.strong_effect``
-   (a soft shift the answer depends on).
-2. **Confirmation.** A candidate whose causal effect is at least ``Thresholds.effect`` (no task:
-   ``Thresholds.kl_share``) is confirmed; the confirmed role with the higher pattern score is the label
-   (both confirmed: decided by where the head's key_swap effect sits, last position or not).
-3. **Otherwise** ``neither``: kind ``inert`` (a candidate whose effect is too small), else ``sink`` /
-   ``self`` (score >= ``Thresholds.kind``), ``uniform`` (>= ``Thresholds.uniform``), or ``other``.
-4. **Confidence** in [0, 1] (docs/concepts.md section 5).
+**With a task** (docs/concepts.md, "The label rule"), from the head's candidate roles
+(:mod:`anchor_interp.labels.roles`), each measured under the single-factor counterfactual where it is
+largest:
 
-A new label is one row of ``ROLES`` and one branch of ``_confirmed_record``. Groups are formed after
-every head is decided (:mod:`anchor_interp.labels.groups`).
+1. A role **passes** when its effect is at least ``Thresholds.effect`` and a later component uses it: its
+   best route (path patching into a later layer's queries, keys or values, or into the logits) is at
+   least ``Thresholds.route``. A role that moves information nothing uses gets a note, not a label.
+2. The **label** is the passing role with the largest effect (``ROLES``): ``shift`` (source offset
+   ``k != 0``; ``offset`` is the offset the causal test supports), ``broadcast`` (the last row reads a
+   task slot at varying offsets) or, for ``copy`` (the useful information comes from the head's own
+   position), ``neither`` with kind ``copy``. ``roles`` lists every measured role with its effect,
+   interval, margin, route and whether it passed; ``causal_effect`` is the label role's effect.
+3. **Borderline** when the label hangs on a threshold edge: the label role (for a role-less head, its
+   strongest role) lies within its margin (max(0.02, half its 95% interval)) of ``Thresholds.effect`` or
+   its best route within 0.02 of ``Thresholds.route``, or the two largest passing roles give different
+   labels (or offsets) within a margin of each other. Each role in ``roles`` carries its own
+   ``borderline`` flag.
+4. **No role**: ``neither`` with kind ``inert`` (its pattern looks like a shift or broadcast), else
+   ``sink`` / ``self`` (score >= ``Thresholds.kind``), ``uniform`` (>= ``Thresholds.uniform``), ``other``.
+5. **Confidence** in [0, 1]: the probability, under a normal approximation of the bootstrap interval,
+   that the label role passes (``neither``: that no role does); the analysis multiplies it by the label's
+   stability over batches.
+
+**Without a task** the causal evidence is each head's share of the KL of ablating every head: a role is a
+candidate when its pattern score reaches ``Thresholds.pattern`` and is confirmed when the head's KL share
+reaches ``Thresholds.kl_share``.
+
+A new label is one row of ``ROLES`` and, in :mod:`anchor_interp.labels.roles`, how its part is measured.
 """
 
 from __future__ import annotations
 
 import math
 
-from anchor_interp.labels.evidence import ROLE_COUNTERFACTUAL, HeadEvidence
+from anchor_interp.labels.evidence import HeadEvidence
 from anchor_interp.labels.records import FULL_EVIDENCE, HeadRecord, Thresholds, clip01
+from anchor_interp.labels.roles import MIN_MARGIN, RoleEvidence
 from anchor_interp.names import head_name
 
 __all__ = ["ROLES", "decide"]
 
-# role -> (counterfactual that measures it with a task, what the pattern score reads)
+# role -> (label, kind): what a head whose main role this is gets called
 ROLES = {
-    "shift": (ROLE_COUNTERFACTUAL["shift"], "task_shift with a task (key row -> anchor lift), else shift"),
-    "broadcast": (ROLE_COUNTERFACTUAL["broadcast"], "max(broadcast, task_broadcast)"),
+    "shift": ("shift", None),
+    "broadcast": ("broadcast", None),
+    "copy": ("neither", "copy"),
 }
 
 
 def decide(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
     """The label of one head from its evidence (see the module docstring). Pure: same input, same record."""
+    if not ev.has_task:
+        return _decide_without_task(ev, th)
     notes: list[str] = []
-    candidates = _candidates(ev, th, notes)
-    effect_min = th.effect if ev.has_task else th.kl_share
-    confirmed = [r for r in candidates if ev.effect[r] >= effect_min]
-    if confirmed:
-        return _confirmed_record(ev, th, confirmed, effect_min, notes)
-    if candidates:
-        return _inert_record(ev, candidates, effect_min, notes)
-    return _kind_record(ev, th, notes)
-
-
-def _counterfactual(ev: HeadEvidence, role: str) -> str:
-    return ROLES[role][0] if ev.has_task else "ablation_kl"
-
-
-def _candidates(ev: HeadEvidence, th: Thresholds, notes: list[str]) -> list[str]:
-    pat, eff = ev.pattern, ev.effect
-    candidates = [r for r in ROLES if pat[r] >= th.pattern]
-    if ev.has_task and "shift" not in candidates and pat["shift"] >= th.task_shift_floor \
-            and eff["shift"] >= th.strong_effect:
-        candidates.insert(0, "shift")
-        notes.append(
-            f"soft shift: the task rows' lift (task_shift {pat['shift']:.2f}) is below {th.pattern} but above "
-            f"{th.task_shift_floor}, and patching it moves the answer strongly (anchor_move {eff['shift']:.2f} >= "
-            f"{th.strong_effect})"
-        )
-    return candidates
-
-
-def _confirmed_record(ev, th, confirmed, effect_min, notes) -> HeadRecord:
-    pat, eff = ev.pattern, ev.effect
-    role = max(confirmed, key=lambda r: pat[r])
-    if len(confirmed) == 2 and ev.location is not None and eff["broadcast"] >= effect_min:
-        # both patterns and both effects: decide by where the head's output carries the key
-        role = "broadcast" if ev.location >= 0.5 else "shift"
-        notes.append(
-            f"looks like both shift and broadcast; {ev.location:.0%} of its key_swap effect is at the last "
-            f"position, so it is labelled {role}"
-        )
-    conf = math.sqrt(min(1.0, pat[role] / FULL_EVIDENCE) * min(1.0, max(eff[role], 0.0) / FULL_EVIDENCE))
-    if role == "shift" and ev.qk_offset != ev.offset and ev.scores["qk_positional_shift"] >= th.pattern:
-        notes.append(f"positional QK prefers offset {ev.qk_offset}, the pattern offset {ev.offset}")
-    return HeadRecord(ev.layer, ev.head, head_name(ev.layer, ev.head), role,
-                      ev.offset if role == "shift" else None, None, ev.scores, eff[role],
-                      _counterfactual(ev, role), clip01(conf), None, notes)
-
-
-def _inert_record(ev, candidates, effect_min, notes) -> HeadRecord:
-    pat, eff = ev.pattern, ev.effect
-    role = max(candidates, key=lambda r: pat[r])
-    what = f"shift({ev.offset:+d})" if role == "shift" else "broadcast"
-    how = f"patching ({_counterfactual(ev, role)})" if ev.has_task else "ablation"
-    notes.append(
-        f"pattern looks like {what} (score {pat[role]:.2f}) but {how} changes little "
-        f"(effect {eff[role]:.3f} < {effect_min})"
-    )
-    conf = min(1.0, pat[role] / FULL_EVIDENCE) * clip01(1.0 - max(eff[role], 0.0) / effect_min)
-    return HeadRecord(ev.layer, ev.head, head_name(ev.layer, ev.head), "neither", None, "inert", ev.scores,
-                      eff[role], _counterfactual(ev, role), clip01(conf), None, notes)
-
-
-def _kind_record(ev, th, notes) -> HeadRecord:
-    pat, scores = ev.pattern, ev.scores
-    if ev.has_task and scores["shift"] >= th.pattern and pat["shift"] < th.task_shift_floor:
-        notes.append(
-            f"attends like shift({ev.generic_offset:+d}) in general (shift "
-            f"{scores['shift']:.2f}) but the key row puts no attention on the anchor above chance "
-            f"(task_shift {pat['shift']:.2f} < {th.task_shift_floor}): not the task's shift"
-        )
-    not_role = clip01(1.0 - max(pat.values()) / th.pattern) if th.pattern > 0 else 0.0
-    kinds = {"sink": scores["sink"], "self": scores["self"]}
-    best = max(kinds, key=kinds.get)
-    if kinds[best] >= th.kind:
-        kind, kind_score = best, kinds[best]
-    elif scores["uniform"] >= th.uniform:
-        kind, kind_score = "uniform", scores["uniform"]
+    passing = [r for r in ev.roles if _passes(r, th, notes)]
+    roles = [_role_dict(r, th, r in passing) for r in ev.roles]
+    borderline = _borderline(ev.roles, passing, th)
+    if passing:
+        main = passing[0]  # roles are sorted by effect, largest first
+        label, kind = ROLES[main.role]
+        notes.append(f"{main.name()}: effect {main.effect:.2f} [{main.ci_low:.2f}, {main.ci_high:.2f}] >= "
+                     f"{th.effect} ({main.counterfactual}); route {main.route_text()}")
+        others = [r.name() for r in passing[1:]]
+        if others:
+            notes.append("also " + ", ".join(f"{r.name()} {r.effect:.2f}" for r in passing[1:]))
+        rec = HeadRecord(ev.layer, ev.head, head_name(ev.layer, ev.head), label,
+                         main.offset if main.role == "shift" else None, kind, ev.scores, main.effect,
+                         main.counterfactual, clip01(_p_pass(main, th)), None, notes)
     else:
-        kind, kind_score = "other", 0.0
+        rec = _kind_record(ev, th, notes)
+        rec.confidence = clip01(1.0 - max((_p_pass(r, th) for r in ev.roles), default=0.0))
+    rec.roles, rec.borderline = roles, borderline
+    rec.reads = next((r.reads for r in ev.roles if r.reads is not None), None)
+    return rec
+
+
+def _passes(r: RoleEvidence, th: Thresholds, notes: list[str]) -> bool:
+    if not r.effect >= th.effect:
+        return False
+    recv, used = r.best_route
+    if used >= th.route:
+        return True
+    notes.append(f"{r.name()} moves information (effect {r.effect:.2f}, {r.counterfactual}) but no later "
+                 f"component uses it (best route {recv} {used:.2f} < {th.route})")
+    return False
+
+
+def _role_dict(r: RoleEvidence, th: Thresholds, passed: bool) -> dict:
+    d = r.to_dict()
+    d.update(passes=passed, threshold=th.effect, route_threshold=th.route,
+             borderline=abs(r.effect - th.effect) < r.margin)
+    return d
+
+
+def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], th: Thresholds) -> bool:
+    """The label hangs on a threshold edge: its role (or, for a role-less head, its strongest role) lies
+    within its margin of ``Thresholds.effect`` or its route within MIN_MARGIN of ``Thresholds.route``,
+    or the two largest passing roles give different labels and lie within a margin of each other."""
+    deciding = passing[:1] or sorted(roles, key=lambda r: -r.effect)[:1]
+    for r in deciding:
+        if abs(r.effect - th.effect) < r.margin or abs(r.best_route[1] - th.route) < MIN_MARGIN:
+            return True
+    if len(passing) >= 2:
+        a, b = passing[0], passing[1]
+        differs = ROLES[a.role] != ROLES[b.role] or a.offset != b.offset
+        return differs and (a.effect - b.effect) < max(a.margin, b.margin)
+    return False
+
+
+def _p_pass(r: RoleEvidence, th: Thresholds) -> float:
+    """P(effect >= threshold) under a normal with the bootstrap interval's spread (and the route passing)."""
+    if r.best_route[1] < th.route:
+        return 0.0
+    sd = max((r.ci_high - r.ci_low) / 3.92, 1e-6)
+    return 0.5 * (1.0 + math.erf((r.effect - th.effect) / (sd * math.sqrt(2.0))))
+
+
+def _kind_record(ev: HeadEvidence, th: Thresholds, notes: list[str]) -> HeadRecord:
+    """``neither``: inert when the pattern looks like a role, else sink / self / uniform / other."""
+    pat, scores = ev.pattern, ev.scores
+    name = head_name(ev.layer, ev.head)
+    best = max((r for r in ev.roles), key=lambda r: r.effect, default=None)
+    effect, cf = (best.effect, best.counterfactual) if best is not None else (
+        max(ev.head_effect.values(), default=0.0), next(iter(ev.head_effect), "none"))
+    looks = [r for r in ("shift", "broadcast") if pat[r] >= th.pattern]
+    if looks:
+        role = max(looks, key=lambda r: pat[r])
+        what = f"shift({ev.offset:+d})" if role == "shift" else "broadcast"
+        notes.append(f"pattern looks like {what} (score {pat[role]:.2f}) but no role passes the causal tests "
+                     f"(largest effect {effect:.3f} < {th.effect})")
+        return HeadRecord(ev.layer, ev.head, name, "neither", None, "inert", scores, effect, cf, 0.0, None, notes)
+    kinds = {"sink": scores["sink"], "self": scores["self"]}
+    top = max(kinds, key=kinds.get)
+    if kinds[top] >= th.kind:
+        kind = top
+    elif scores["uniform"] >= th.uniform:
+        kind = "uniform"
+    else:
+        kind = "other"
+    return HeadRecord(ev.layer, ev.head, name, "neither", None, kind, scores, effect, cf, 0.0, None, notes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# without a task: pattern candidates confirmed by the KL share of ablating the head
+
+
+def _decide_without_task(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
+    notes: list[str] = []
+    pat, eff = ev.pattern, ev.effect
+    candidates = [r for r in ("shift", "broadcast") if pat[r] >= th.pattern]
+    confirmed = [r for r in candidates if eff[r] >= th.kl_share]
+    name = head_name(ev.layer, ev.head)
+    if confirmed:
+        role = max(confirmed, key=lambda r: pat[r])
+        conf = math.sqrt(min(1.0, pat[role] / FULL_EVIDENCE) * min(1.0, max(eff[role], 0.0) / FULL_EVIDENCE))
+        if role == "shift" and ev.qk_offset != ev.offset and ev.scores["qk_positional_shift"] >= th.pattern:
+            notes.append(f"positional QK prefers offset {ev.qk_offset}, the pattern offset {ev.offset}")
+        return HeadRecord(ev.layer, ev.head, name, role, ev.offset if role == "shift" else None, None, ev.scores,
+                          eff[role], "ablation_kl", clip01(conf), None, notes)
+    if candidates:
+        role = max(candidates, key=lambda r: pat[r])
+        what = f"shift({ev.offset:+d})" if role == "shift" else "broadcast"
+        notes.append(f"pattern looks like {what} (score {pat[role]:.2f}) but ablation changes little "
+                     f"(effect {eff[role]:.3f} < {th.kl_share})")
+        conf = min(1.0, pat[role] / FULL_EVIDENCE) * clip01(1.0 - max(eff[role], 0.0) / th.kl_share)
+        return HeadRecord(ev.layer, ev.head, name, "neither", None, "inert", ev.scores, eff[role], "ablation_kl",
+                          clip01(conf), None, notes)
+    rec = _kind_record(ev, th, notes)
+    not_role = clip01(1.0 - max(pat.values()) / th.pattern) if th.pattern > 0 else 0.0
+    kind_score = {"sink": ev.scores["sink"], "self": ev.scores["self"], "uniform": ev.scores["uniform"]}.get(
+        rec.kind, 0.0)
     role = max(pat, key=pat.get)
-    return HeadRecord(ev.layer, ev.head, head_name(ev.layer, ev.head), "neither", None, kind, scores,
-                      ev.effect[role], _counterfactual(ev, role),
-                      clip01(0.5 * kind_score + 0.5 * not_role), None, notes)
+    rec.causal_effect, rec.counterfactual = eff[role], "ablation_kl"
+    rec.confidence = clip01(0.5 * kind_score + 0.5 * not_role)
+    return rec

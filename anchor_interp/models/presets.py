@@ -77,13 +77,15 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the one device vocabulary (cli.args parses it)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` pass through.
+    """The runtime device of a device name: the one resolver of the package's device vocabulary.
 
-    Raises ValueError for other names, or for cuda when no GPU is visible.
+    ``"auto"`` (or None) -> cuda if available, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` and ``"mps"``
+    (or a ``torch.device`` of those types) pass through. Raises ValueError for other names, for cuda when
+    no GPU is visible or ``N`` is not a visible GPU, and for mps when MPS is not available.
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,10 +93,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is not a device; use one of {DEVICE_CHOICES}") from e
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device={device!r}: only {DEVICE_CHOICES} are supported")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but no CUDA GPU is visible; use device='cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are "
+                             f"visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} but MPS is not available on this machine; use device='cpu'")
     return dev
 
 
@@ -174,7 +182,8 @@ def make_model(
     was). ``init_gamma``: a number: std = d_in ** -init_gamma for every weight matrix; None:
     TransformerLens' GPT-2 init; "preset" (default): the preset's own choice (``Preset.init_gamma``:
     0.75 for ``paper``, None for the others; a config made by :func:`model_config` keeps its preset's
-    choice through ``cfg.model_name``). ``device``: "cpu", "cuda" or "auto".
+    choice through ``cfg.model_name``). ``device``: any name :func:`resolve_device` takes ("auto", "cpu",
+    "cuda", "cuda:N", "mps").
     Raises ValueError on an unknown preset, an incompatible config or a bad device.
     """
     from anchor_interp.models.adapter import HookedTransformerConfig, build_model

@@ -8,14 +8,14 @@ attend from the last query row only, and a patch at a single position can be tak
 attention block by recomputing one query row and one key/value column of the cached scores
 (:meth:`Engine.one_position_block`, :meth:`Engine.final_rows`). Only ``check_model``-approved
 architectures are accepted; tests/patching/test_patching.py checks every path against
-``model.run_with_cache`` and ``transformer_lens.patching`` in float64.
+``model.run_with_cache`` and ``transformer_lens.patching`` in float64. The block arithmetic it writes out
+(normalisation, causal mask, softmax) is :mod:`anchor_interp.models.blocks`, shared with the trainer.
 
 Importing this module does not import TransformerLens: the adapter is imported when an engine is built.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from anchor_interp.models.blocks import layer_norm, masked_softmax, softmax_pattern
 from anchor_interp.names import ATTN_HOOKS, BLOCK_HOOKS, hook_name
 
 __all__ = ["ATTN_PARTS", "Engine", "Rows", "changed_rows", "check_model", "engine_for", "softmax_pattern"]
@@ -129,14 +130,6 @@ def changed_rows(diff: Float[Tensor, "v B ..."], var_offset: int, all_rows: bool
     return var + var_offset, b
 
 
-def softmax_pattern(scores: Float[Tensor, "... src_pos"]) -> Float[Tensor, "... src_pos"]:
-    """Softmax over the last dim, NaN (fully masked rows) -> 0, as TransformerLens's attention.
-
-    Written out because ``Tensor.softmax`` is ~5x slower over a last dimension as short as ours."""
-    e = (scores - scores.amax(-1, keepdim=True)).exp()
-    return torch.nan_to_num(e / e.sum(-1, keepdim=True), nan=0.0)
-
-
 @dataclass
 class _LayerWeights:
     qkv_weight: Tensor  # (3*H*dh, d_model): rows q, then k, then v (TransformerLens's head-major layout)
@@ -188,14 +181,7 @@ def _written_out_norm(module, spec) -> Callable[[Tensor], Tensor]:
     def norm(x: Tensor) -> Tensor:  # x (..., d_model)
         if x.dtype not in (torch.float32, torch.float64):
             return module(x)
-        if kind in ("LN", "LNPre"):
-            x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        if kind == "LN":
-            return x * w + b
-        if kind == "RMS":
-            return x * w
-        return x
+        return layer_norm(x, w, b, kind, eps)
 
     return norm
 
@@ -217,7 +203,6 @@ class Engine:
         self.n_layers = cfg.n_layers
         self.H, self.dh = cfg.n_heads, cfg.d_head
         self.causal = cfg.attention_dir == "causal"
-        self._masks: dict[tuple[int, str], Tensor] = {}
         self.w = weights if weights is not None else _layer_weights(model)
         layers = range(self.n_layers)
         self._scale = [adapter.attn_scale(model, layer) for layer in layers]
@@ -234,13 +219,6 @@ class Engine:
 
     def _norm_fn(self, module) -> Callable[[Tensor], Tensor]:
         return _written_out_norm(module, self._adapter.norm_spec(module))
-
-    def _future(self, T: int, device) -> Tensor:
-        """[T, T] bool, True above the diagonal (the positions a causal query row may not see)."""
-        key = (T, str(device))
-        if key not in self._masks:
-            self._masks[key] = torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
-        return self._masks[key]
 
     def qkv_flat(self, layer: int, x: Float[Tensor, "... d_model"], which: str) -> Float[Tensor, "... k_H_dh"]:
         """x [..., d_model] -> [..., k*H*dh] for ``which`` in q/k/v/kv/qkv (k = len(which))."""
@@ -326,9 +304,7 @@ class Engine:
                 else:
                     v[:, head] = self.qkv_head(layer, x_rec, "v", head)
         scores = q @ k.transpose(-1, -2) / self.attn_scale(layer)  # (N, H, Tq, T)
-        if not last_row_only and self.causal:
-            scores = scores.masked_fill(self._future(T, scores.device), -math.inf)
-        pattern = softmax_pattern(scores)  # (N, H, Tq, T)
+        pattern = masked_softmax(scores, self.causal, written_out=True)  # (N, H, Tq, T)
         z = (pattern @ v).transpose(1, 2)  # (N, Tq, H, dh)
         if parts is not None:
             parts.update(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2), pattern=pattern, z=z)
@@ -417,12 +393,13 @@ class Engine:
         receivers: dict[int, list[tuple[int, str]]] | None = None,
         receiver_delta: Tensor | None = None,
         readout: Callable[[Tensor], Tensor] | None = None,
-    ) -> Float[Tensor, "N Tq d_vocab"]:
+    ) -> Float[Tensor, "N Tq ..."]:
         """Run blocks ``layer..`` from ``resid`` (``resid_pre``, or ``resid_mid`` if ``after_attn``) to logits.
 
         With ``last_only`` the final block computes only the last query row and logits are [N, 1, d_vocab].
         ``layer == n_layers`` means ``resid`` is the final residual stream (only ln_final + unembed run).
-        ``readout`` replaces :meth:`logits` on the final residual stream [N, Tq, d_model].
+        ``readout`` replaces :meth:`logits` on the final residual stream [N, Tq, d_model] (its output,
+        [N, Tq, *out], is returned instead of the logits [N, Tq, d_vocab]).
         """
         receivers = receivers or {}
         if last_only and layer >= self.n_layers:
@@ -485,21 +462,19 @@ class Engine:
         scores = ctx["scores"].index_select(0, b)  # (N, H, T, T)
         scores.scatter_(3, at.expand(N, H, T, 1), (q * k_p[:, :, None]).sum(-1, keepdim=True) / scale)  # column
         scores.scatter_(2, at.expand(N, H, 1, T), (q_p[:, :, None] * k).sum(-1)[:, :, None] / scale)  # row
-        if self.causal:
-            scores = scores.masked_fill(self._future(T, scores.device), -math.inf)
-        z = (softmax_pattern(scores) @ v).transpose(1, 2)  # (N, T, H, dh)
+        z = (masked_softmax(scores, self.causal, written_out=True) @ v).transpose(1, 2)  # (N, T, H, dh)
         return self.mlp(layer, resid + self.out(layer, z))
 
     def final_rows(
         self, ctx: dict[str, Tensor], rows: Rows, mlp_layer: int | None, readout: Callable[[Tensor], Tensor] | None = None
-    ) -> Float[Tensor, "N d_vocab"]:
+    ) -> Float[Tensor, "N ..."]:
         """Last-position logits when the final block's input differs from the corrupted run's at one position.
 
         ``rows.row`` is the residual at ``rows.pos``: ``resid_pre`` of the final block, or ``resid_mid``
         of the block before it (``mlp_layer``: its MLP is applied to that row). Only that position's
         key and value (and the query, if it is the last position) are recomputed, and only the last
         query row attends: O(d_model^2) per row instead of O(seq d_model^2). ``readout`` as in
-        :meth:`forward_from`.
+        :meth:`forward_from` (then its output at the last position, [N, *out], is returned).
         """
         layer = self.n_layers - 1
         row = rows.row[:, None]  # (N, 1, d)

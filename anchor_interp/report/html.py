@@ -108,6 +108,8 @@ def write_report(
 # HTML
 
 _CSS = """
+.banner { background: #b00020; color: #fff; padding: 0.8em 1em; font-weight: bold; margin: 1em 0; }
+tr.borderline td.label { font-style: italic; }
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;
  padding:16px 24px;color:#222}
 h1{font-size:1.5em;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -195,6 +197,7 @@ def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -
         f'<script id="{BUNDLE_MARKER}">{circuitsvis_bundle()}</script>',
         "</head><body>",
         f"<h1>{_e(_title(d))}</h1>",
+        _banner(d),
         _header(d),
         _accuracy_section(d),
         _heads_section(d),
@@ -207,6 +210,19 @@ def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _banner(d: dict[str, Any]) -> str:
+    """A red banner when the model does not solve its task (the competence gate)."""
+    comp = d.get("competence") or {}
+    if comp.get("solved", True):
+        return ""
+    what = ("labels are shown anyway (--allow-unsolved)" if comp.get("allow_unsolved")
+            else "no head is labelled shift or broadcast")
+    return (f'<div class="banner" id="unsolved-banner">This model does not solve the task: held-out accuracy '
+            f'<span data-json-path="competence.accuracy">{_e(_fmt(comp.get("accuracy")))}</span> on the unmasked '
+            f'groups is below the floor <span data-json-path="competence.floor">{_e(_fmt(comp.get("floor")))}</span>; '
+            f"{_e(what)}. Attention patterns of such models look like shifts and broadcasts without doing them.</div>")
 
 
 def _title(d: dict[str, Any]) -> str:
@@ -261,34 +277,50 @@ def _accuracy_section(d: dict[str, Any]) -> str:
 def _heads_section(d: dict[str, Any]) -> str:
     heads = sorted(d.get("heads") or [], key=lambda h: (h.get("layer", 0), h.get("head", 0)))
     rows = []
-    for h in heads:
+    for i, h in enumerate(heads):
         label = h.get("label") or "?"
         detail = f"offset {h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
         scores = h.get("scores") or {}
         ks = key_scores(h)
         all_scores = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in scores.items())
         notes = "; ".join(str(n) for n in h.get("notes") or [])
+        roles = h.get("roles") or []
+        main_i = next((j for j, r in enumerate(roles) if r.get("passes")), None)
+        main = roles[main_i] if main_i is not None else None
+        path = f"heads.{i}.roles.{main_i}" if main is not None else None
+        interval = (f'<span data-json-path="{path}.ci_low">{_e(_fmt(main.get("ci_low"), 2))}</span>–'
+                    f'<span data-json-path="{path}.ci_high">{_e(_fmt(main.get("ci_high"), 2))}</span>') if main else "–"
+        others = ", ".join(f"{r.get('name')} {_fmt(r.get('effect'), 2)}" for r in roles if r.get("passes") and r is not main)
+        stab = h.get("stability")
         rows.append(
-            f'<tr class="{_e(label)}" data-head="{_e(h.get("name"))}">'
+            f'<tr class="{_e(label)}{" borderline" if h.get("borderline") else ""}" data-head="{_e(h.get("name"))}">'
             f'<td class="num">{_e(h.get("layer"))}</td><td class="num">{_e(h.get("head"))}</td>'
-            f"<td>{_e(h.get('name'))}</td><td class=\"label\">{_e(label)}</td><td>{_e(detail)}</td>"
+            f"<td>{_e(h.get('name'))}</td><td class=\"label\">{_e(label)}{' ~' if h.get('borderline') else ''}</td>"
+            f"<td>{_e(detail)}</td>"
+            f'<td class="num" data-json-path="heads.{i}.causal_effect">{_e(_fmt(h.get("causal_effect")))}</td>'
+            f"<td class=\"num\">{interval}</td><td>{_e(h.get('counterfactual') or '–')}</td>"
+            f"<td>{_e(main.get('route') if main else '–')}</td><td>{_e(others)}</td>"
+            f'<td class="num" data-json-path="heads.{i}.stability">{_e("–" if stab is None else f"{stab:.0%}")}</td>'
             f'<td class="num">{_e(_fmt(ks["shift"], 2))}</td><td class="num">{_e(_fmt(ks["broadcast"], 2))}</td>'
-            f'<td class="num">{_e(_fmt(h.get("causal_effect")))}</td><td>{_e(h.get("counterfactual") or "–")}</td>'
-            f'<td class="num">{_e(_fmt(h.get("confidence"), 2))}</td>'
+            f'<td class="num" data-json-path="heads.{i}.confidence">{_e(_fmt(h.get("confidence"), 2))}</td>'
             f"<td>{_e(h.get('group') or '')}</td><td class=\"note\">{_e(notes)}</td>"
             f'<td class="note"><details><summary>{len(scores)}</summary>{_e(all_scores)}</details></td></tr>'
         )
     head_row = "".join(
         f"<th>{c}</th>"
-        for c in ("layer", "head", "name", "label", "offset / kind", "shift pattern", "broadcast pattern",
-                  "causal effect", "counterfactual", "confidence", "group", "notes", "all scores")
+        for c in ("layer", "head", "name", "label", "offset / kind", "effect", "95% interval", "counterfactual",
+                  "route", "other roles", "stable", "shift pattern", "broadcast pattern", "confidence", "group",
+                  "notes", "all scores")
     )
     out = [
         '<h2 id="heads">Head labels</h2>',
         '<p class="note">One row per head, ordered by layer and head; click a column header to sort. '
-        "Pattern scores are in [0, 1]: 0 = what a uniform head gets, 1 = all attention in the pattern. "
-        "The causal effect is the normalised patching effect (1 = patching this head restores the clean "
-        "answer) under the counterfactual beside it. See docs/report.md.</p>",
+        "The effect is the label role's own normalised patching effect (1 = patching that part of the head "
+        "restores the clean answer) under the counterfactual beside it, with its 95% bootstrap interval over "
+        "rows; the route says where that information goes (path patching into a later layer's queries, keys, "
+        "values, or the logits). A ~ after the label marks a borderline label (a score within its margin of a threshold, "
+        "or a label that changes between batches); \"stable\" is the share of 5 batches giving the label. "
+        "Pattern scores are in [0, 1]: 0 = what a uniform head gets. See docs/report.md.</p>",
         f'<table id="head-table" class="sortable"><thead><tr>{head_row}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
     ]
     groups = d.get("groups") or []

@@ -110,11 +110,18 @@ def plot_ablation(ablation: dict[str, Any]):
     return fig
 
 
-def plot_history(history: list[dict[str, Any]]):
+# "held-out accuracy" means the unmasked groups (anchor_interp.training.history)
+_HISTORY_LABELS = {"test_acc": "test_acc: held-out (seen groups)", "test_acc_masked": "test_acc_masked: held-out (masked groups)"}
+
+
+def plot_history(history: list[dict[str, Any]], title: str = ""):
     """Training curves against the epoch (or step): loss columns (name contains "loss", nats) on the
     left axis, log scale; accuracy columns (name contains "acc", in [0, 1]) dashed on the right axis.
     Per-group columns (``test_acc/<group>``) are drawn only when there are 2 to 4 groups; other
-    columns (lr, time) are left out. Raises ValueError if the rows have neither epoch nor step.
+    columns (lr, time) are left out. ``title`` defaults to "training history". The one drawing of a
+    training history: the report's figure and the trainer's ``history.png``
+    (:func:`anchor_interp.training.history.plot_history_png`). Raises ValueError if the history is
+    empty or the rows have neither epoch nor step.
     """
     if not history:
         raise ValueError("plot_history: the history is empty")
@@ -143,7 +150,7 @@ def plot_history(history: list[dict[str, Any]]):
         if all(math.isnan(y) for y in ys):
             continue
         acc = k in accs
-        lines += (ax2 if acc else ax).plot(xs, ys, label=k, linestyle="--" if acc else "-")
+        lines += (ax2 if acc else ax).plot(xs, ys, label=_HISTORY_LABELS.get(k, k), linestyle="--" if acc else "-")
     ax.set_xlabel(xkey)
     ax.set_ylabel("loss (nats)")
     if losses:
@@ -152,7 +159,7 @@ def plot_history(history: list[dict[str, Any]]):
     ax2.set_ylim(-0.02, 1.02)
     if lines:
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center right")
-    ax.set_title("training history", fontsize=9)
+    ax.set_title(title or "training history", fontsize=9)
     return fig
 
 

@@ -8,7 +8,9 @@ d_head]``) before ``W_O``:
   contribution and removes what depends on the input);
 - ``resample``: by its value on a reference row drawn at random (seeded), per ablated row.
 
-The reference batch defaults to the evaluated batch itself. Accuracy and loss are measured at the last
+The reference batch defaults to the evaluated batch itself. A caller that already ran the clean batch
+(:func:`anchor_interp.scores.cache.clean_run`) passes ``cache=`` (its ``hook_z`` is then the reference)
+and ``clean_logits=``, and nothing is run twice; the numbers are the same. Accuracy and loss are measured at the last
 position only (the anchor tasks' only scored position); rows whose target is -1 (no answer) are
 left out of both. KL is ``KL(p_clean || p_ablated)`` in nats, averaged over rows (and over positions
 with ``positions="all"``).
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name, hook_name
+from anchor_interp.scores.cache import cached_activations
 
 __all__ = [
     "ABLATION_METHODS",
@@ -64,11 +67,14 @@ def ablation_hooks(
     method: str = "mean",
     reference: Int[Tensor, "ref seq"] | None = None,
     seed: int = 0,
+    cache=None,
 ) -> list[tuple[str, object]]:
     """Forward hooks (``(hook_name, fn)`` pairs for ``model.run_with_hooks``) that ablate ``heads``.
 
-    ``reference`` is needed for ``mean`` and ``resample``. Raises ValueError for an unknown method, a
-    head out of range, or a missing/invalid reference.
+    ``reference`` is needed for ``mean`` and ``resample``; ``cache``: a run of ``reference`` that
+    already happened (its ``blocks.L.attn.hook_z`` are read instead of running it again). Raises
+    ValueError for an unknown method, a head out of range, a missing/invalid reference or a cache
+    without the ablated layers' ``hook_z``.
     """
     if method not in ABLATION_METHODS:
         raise ValueError(f"method: unknown ablation method {method!r}; use one of {ABLATION_METHODS}")
@@ -78,22 +84,38 @@ def ablation_hooks(
     layers = sorted({layer for layer, _ in heads})
     ref_z: dict[int, Tensor] = {}
     if method in ("mean", "resample"):
-        ref_z = _reference_z(model, layers, method, reference)
+        ref_z = _reference_z(model, layers, method, reference, cache)
     return _hooks_from_reference(heads, method, ref_z, seed)
 
 
-def _reference_z(model, layers: list[int], method: str, reference) -> dict[int, Tensor]:
-    """``blocks.{layer}.attn.hook_z`` of the unablated model on ``reference``, per layer: (R, T, H, d_head).
+def _reference_z(model, layers: list[int], method: str, reference, cache=None) -> dict[int, Tensor]:
+    """``blocks.{layer}.attn.hook_z`` of the unablated model on ``reference``, per layer: (R, T, H, d_head),
+    read from ``cache`` (a run of ``reference``) when given.
 
     Upstream heads are not ablated when collecting the reference: each head's replacement is its value
-    on the unmodified model. Raises ValueError for a missing or invalid reference."""
+    on the unmodified model. Raises ValueError for a missing or invalid reference or cache."""
     if reference is None:
         raise ValueError(f"reference: method={method!r} needs a reference token batch [ref, seq]")
     check_tokens(model, reference)
     names = [hook_name("z", layer) for layer in layers]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(reference, names_filter=lambda name: name in names)
-    return {layer: cache[hook_name("z", layer)] for layer in layers}
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(reference, names_filter=lambda name: name in names)
+    acts = cached_activations(cache, names, reference)
+    return {layer: acts[hook_name("z", layer)] for layer in layers}
+
+
+def _clean_logits(model, tokens: Tensor, clean_logits: Tensor | None) -> Tensor:
+    """``model(tokens)`` (no gradients), or ``clean_logits`` after checking it is a full run of ``tokens``."""
+    if clean_logits is None:
+        with torch.no_grad():
+            return model(tokens)
+    if clean_logits.ndim != 3 or tuple(clean_logits.shape[:2]) != tuple(tokens.shape):
+        raise ValueError(
+            f"clean_logits: expected [batch, seq, d_vocab_out] logits of tokens {tuple(tokens.shape)}, "
+            f"got {tuple(clean_logits.shape)}"
+        )
+    return clean_logits
 
 
 def _hooks_from_reference(heads: list[Head], method: str, ref_z: dict[int, Tensor], seed: int):
@@ -173,20 +195,26 @@ def ablate(
     reference: Int[Tensor, "ref seq"] | None = None,
     seed: int = 0,
     positions: str = "last",
+    cache=None,
+    clean_logits: Float[Tensor, "batch seq d_vocab_out"] | None = None,
 ) -> AblationResult:
     """Ablate ``heads`` together on ``tokens``; accuracy/loss need ``targets`` (else nan).
 
     ``reference`` defaults to ``tokens``. ``positions``: where KL is averaged, ``"last"`` or ``"all"``.
-    Raises ValueError on bad tokens, heads, method or positions.
+    ``cache`` / ``clean_logits``: the clean run of ``tokens`` already made
+    (:func:`anchor_interp.scores.cache.clean_run`): its ``hook_z`` is the mean / resample reference when
+    ``reference`` is None, its logits the unablated baseline; same numbers as without them.
+    Raises ValueError on bad tokens, heads, method, positions, cache or clean_logits.
     """
     check_tokens(model, tokens)
     if positions not in ("last", "all"):
         raise ValueError(f"positions: must be 'last' or 'all', got {positions!r}")
     heads = _check_heads(model, heads)
     ref = tokens if reference is None else reference
+    hooks = ablation_hooks(model, heads, method, ref, seed, cache=cache if reference is None else None)
+    clean = _clean_logits(model, tokens, clean_logits)
     with torch.no_grad():
-        clean = model(tokens)
-        ablated = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, heads, method, ref, seed))
+        ablated = model.run_with_hooks(tokens, fwd_hooks=hooks)
     base_acc = base_loss = acc = loss = float("nan")
     if targets is not None:
         base_acc, base_loss = task_metrics(clean, targets)
@@ -203,9 +231,13 @@ def per_head_ablation(
     reference: Int[Tensor, "ref seq"] | None = None,
     seed: int = 0,
     positions: str = "last",
+    cache=None,
+    clean_logits: Float[Tensor, "batch seq d_vocab_out"] | None = None,
 ) -> dict[str, Tensor]:
     """Ablate each head alone. Returns ``[layer, head]`` tensors ``kl`` (nats), ``accuracy``, ``loss``
-    (nan without ``targets``) and the scalars ``base_accuracy``, ``base_loss`` (0-d tensors)."""
+    (nan without ``targets``) and the scalars ``base_accuracy``, ``base_loss`` (0-d tensors).
+
+    ``cache`` / ``clean_logits`` as in :func:`ablate`."""
     check_tokens(model, tokens)
     if positions not in ("last", "all"):
         raise ValueError(f"positions: must be 'last' or 'all', got {positions!r}")
@@ -219,9 +251,10 @@ def per_head_ablation(
     # the same numbers as ablate() per head, with the clean run and the reference cache computed once
     ref_z = {}
     if method in ("mean", "resample"):
-        ref_z = _reference_z(model, list(range(cfg.n_layers)), method, tokens if reference is None else reference)
+        ref_z = _reference_z(model, list(range(cfg.n_layers)), method, tokens if reference is None else reference,
+                             cache if reference is None else None)
+    clean = _clean_logits(model, tokens, clean_logits)  # (B, T, V)
     with torch.no_grad():
-        clean = model(tokens)  # (B, T, V)
         if targets is not None:
             base_acc, base_loss = task_metrics(clean, targets)
         for layer in range(cfg.n_layers):
@@ -294,18 +327,22 @@ def circuit_check(
     seed: int = 0,
     max_circuit_ablated_accuracy: float = MAX_CIRCUIT_ABLATED_ACCURACY,
     min_kept_fraction: float = MIN_KEPT_FRACTION,
+    cache=None,
+    clean_logits: Float[Tensor, "batch seq d_vocab_out"] | None = None,
 ) -> CircuitCheck:
     """Run both circuit checks on held-out ``tokens``/``targets`` (see :class:`CircuitCheck`).
 
-    Raises ValueError on bad inputs or if ``targets`` has no usable row.
+    ``cache`` / ``clean_logits`` as in :func:`ablate`. Raises ValueError on bad inputs or if ``targets``
+    has no usable row.
     """
     heads = _check_heads(model, heads)
     if targets is None or not bool((targets >= 0).any()):
         raise ValueError("targets: circuit_check needs held-out targets with at least one row >= 0")
     every = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     rest = [h for h in every if h not in heads]
-    without_circuit = ablate(model, tokens, heads, targets=targets, method=method, reference=reference, seed=seed)
-    without_rest = ablate(model, tokens, rest, targets=targets, method=method, reference=reference, seed=seed)
+    clean = dict(method=method, reference=reference, seed=seed, cache=cache, clean_logits=clean_logits)
+    without_circuit = ablate(model, tokens, heads, targets=targets, **clean)
+    without_rest = ablate(model, tokens, rest, targets=targets, **clean)
     base = without_circuit.base_accuracy
     kept = without_rest.accuracy / base if base > 0 else float("nan")
     return CircuitCheck(heads, method, base, without_circuit.accuracy, without_rest.accuracy, kept,

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import layer_hook_names
+from anchor_interp.scores.cache import cached_activations
 
 __all__ = [
     "PatternScores",
@@ -69,17 +70,24 @@ def is_causal(model) -> bool:
     return getattr(model.cfg, "attention_dir", "causal") != "bidirectional"
 
 
-def attention_patterns(model, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch layer head dest_pos src_pos"]:
+def attention_patterns(
+    model, tokens: Int[Tensor, "batch seq"], cache=None
+) -> Float[Tensor, "batch layer head dest_pos src_pos"]:
     """Run ``model`` on ``tokens`` and stack every ``blocks.L.attn.hook_pattern``.
 
+    ``cache``: the activations of a run of ``tokens`` that already happened
+    (:func:`anchor_interp.scores.cache.clean_run`, or any ``run_with_cache`` result or dict holding the
+    patterns): read instead of running the model again; same numbers.
     Raises ValueError if ``tokens`` is not a 2-D integer tensor of ids in ``[0, d_vocab)`` and length
-    at most ``n_ctx``.
+    at most ``n_ctx``, or if ``cache`` lacks a pattern of this batch.
     """
     check_tokens(model, tokens)
     names = layer_hook_names("pattern", model.cfg.n_layers)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-    return torch.stack([cache[name] for name in names], dim=1)  # (B, L, H, T, T)
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    acts = cached_activations(cache, names, tokens)
+    return torch.stack([acts[name] for name in names], dim=1)  # (B, L, H, T, T)
 
 
 def visible_mask(seq: int, causal: bool, device=None) -> torch.Tensor:

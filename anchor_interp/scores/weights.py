@@ -25,8 +25,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from anchor_interp.models.blocks import masked_softmax
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name, hook_name, layer_hook_names
+from anchor_interp.scores.cache import FINAL_SCALE_HOOK, cached_activations, has_final_norm
 from anchor_interp.scores.patterns import is_causal, pattern_scores
 
 __all__ = [
@@ -126,10 +128,7 @@ def qk_positional_pattern(model) -> Float[Tensor, "layer head dest_pos src_pos"]
             q = torch.einsum("td,hde->hte", xn, w["W_Q"]) + w["b_Q"][:, None, :]  # (H, T, d_head)
             k = torch.einsum("td,hde->hte", xn, w["W_K"]) + w["b_K"][:, None, :]  # (H, T, d_head)
             scores = q @ k.transpose(-1, -2) / attn_scale(model, layer)  # (H, T, T)
-            if causal:
-                mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-                scores = scores.masked_fill(~mask, float("-inf"))
-            out.append(scores.softmax(-1))
+            out.append(masked_softmax(scores, causal))
         return torch.stack(out)  # (L, H, T, T)
 
 
@@ -145,11 +144,16 @@ def direct_logit_attribution(
     answer: Int[Tensor, " batch"],
     wrong: Int[Tensor, " batch"] | None = None,
     pos: int = -1,
+    cache=None,
 ) -> Float[Tensor, "layer head"]:
     """Mean direct contribution (logits) of each head at position ``pos`` to ``logit[answer] - logit[wrong]``
     (or ``logit[answer] - mean logit`` when ``wrong`` is None), through the final LayerNorm's scale.
 
-    Raises ValueError on bad tokens, or if ``answer``/``wrong`` are not ``[batch]`` ids in the output range.
+    ``cache``: the activations of a run of ``tokens`` that already happened
+    (:func:`anchor_interp.scores.cache.clean_run`; it needs every ``blocks.L.attn.hook_z`` and, with a
+    final normalisation, ``ln_final.hook_scale``): read instead of running the model again; same numbers.
+    Raises ValueError on bad tokens, if ``answer``/``wrong`` are not ``[batch]`` ids in the output range,
+    or if ``cache`` lacks a hook of this batch.
     """
     check_tokens(model, tokens)
     n = tokens.shape[0]
@@ -164,11 +168,13 @@ def direct_logit_attribution(
             raise ValueError(f"{name}: expected [{n}] token ids in [0, {d_out}); got shape {tuple(ids.shape)}")
     cfg = model.cfg
     names = layer_hook_names("z", cfg.n_layers)
-    has_ln = cfg.normalization_type in ("LN", "LNPre", "RMS", "RMSPre")
+    has_ln = has_final_norm(model)
     if has_ln:
-        names.append("ln_final.hook_scale")
+        names.append(FINAL_SCALE_HOOK)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        if cache is None:
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        cache = cached_activations(cache, names, tokens)
         direction = W_U[:, answer] - (W_U[:, wrong] if wrong is not None else W_U.mean(-1, keepdim=True))  # (d, B)
         direction = direction.T  # (B, d_model)
         ln_final = final_norm(model)
@@ -181,7 +187,7 @@ def direct_logit_attribution(
             if cfg.normalization_type in ("LN", "LNPre"):
                 result = result - result.mean(-1, keepdim=True)
             if has_ln:
-                result = result / cache["ln_final.hook_scale"][:, pos][:, None, :]  # (B, H, d) / (B, 1, 1)
+                result = result / cache[FINAL_SCALE_HOOK][:, pos][:, None, :]  # (B, H, d) / (B, 1, 1)
             out[layer] = torch.einsum("bhd,bd->bh", result, direction).mean(0)
     return out
 

@@ -2,7 +2,9 @@
 
 ``params[name]`` is the HookedTransformer parameter ``name`` of every model, stacked on a new leading
 axis: shape (k, *its shape). :func:`stacked_forward` does HookedTransformer's arithmetic on them and
-returns the logits at the last position only (the task's single scored position).
+returns the logits at the last position only (the task's single scored position). The block arithmetic
+(normalisation, masked softmax, activations) is :mod:`anchor_interp.models.blocks`, shared with the
+patch engine.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["check_trainable_config", "stacked_forward"]
+from anchor_interp.models.blocks import ACTIVATIONS, masked_softmax
+from anchor_interp.models.blocks import layer_norm as block_layer_norm
 
-ACTS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
+__all__ = ["check_trainable_config", "stacked_forward"]
 
 
 def check_trainable_config(cfg) -> None:
@@ -27,8 +29,8 @@ def check_trainable_config(cfg) -> None:
         problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (needs 'standard')")
     if cfg.normalization_type not in ("LN", "LNPre", None):
         problems.append(f"normalization_type={cfg.normalization_type!r} (needs 'LN', 'LNPre' or None)")
-    if not cfg.attn_only and cfg.act_fn not in ACTS:
-        problems.append(f"act_fn={cfg.act_fn!r} (needs one of {sorted(ACTS)})")
+    if not cfg.attn_only and cfg.act_fn not in ACTIVATIONS:
+        problems.append(f"act_fn={cfg.act_fn!r} (needs one of {sorted(ACTIVATIONS)})")
     if cfg.attention_dir not in ("causal", "bidirectional"):
         problems.append(f"attention_dir={cfg.attention_dir!r}")
     for flag in ("gated_mlp", "parallel_attn_mlp", "use_local_attn", "use_qk_norm", "final_rms",
@@ -41,14 +43,16 @@ def check_trainable_config(cfg) -> None:
         raise ValueError("the trainer does not support this model config: " + "; ".join(problems))
 
 
-def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
-    """transformer_lens.components.LayerNorm's arithmetic; x (k, ..., d), w and b (k, d) or None (LNPre)."""
-    x = x - x.mean(-1, keepdim=True)
-    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+def layer_norm(
+    x: Float[Tensor, "k *rows d_model"], w: Float[Tensor, "k d_model"] | None, b: Float[Tensor, "k d_model"] | None,
+    eps: float,
+) -> Float[Tensor, "k *rows d_model"]:
+    """transformer_lens.components.LayerNorm's arithmetic (:func:`anchor_interp.models.blocks.layer_norm`)
+    for k stacked models; w and b (k, d) or None (LNPre)."""
     if w is None:
-        return x
+        return block_layer_norm(x, None, None, "LNPre", eps)
     shape = (w.shape[0],) + (1,) * (x.ndim - 2) + (w.shape[-1],)
-    return x * w.view(shape) + b.view(shape)
+    return block_layer_norm(x, w.view(shape), b.view(shape), "LN", eps)
 
 
 def attn_scale(cfg) -> float:
@@ -77,10 +81,7 @@ def attention(params: dict[str, Tensor], cfg, layer: int, h: Tensor, last_only: 
     kk = kv[0] + params[p + "b_K"][:, None, :, None, :]  # (k, B, nh, T, hs)
     v = kv[1] + params[p + "b_V"][:, None, :, None, :]  # (k, B, nh, T, hs)
     att = (q @ kk.transpose(-1, -2)) / attn_scale(cfg)  # (k, B, nh, Tq, T)
-    if cfg.attention_dir == "causal" and Tq > 1:
-        mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
-        att = att.masked_fill(~mask, float("-inf"))
-    att = att.softmax(dim=-1)
+    att = masked_softmax(att, cfg.attention_dir == "causal")  # (k, B, nh, Tq, T)
     z = rearrange(att @ v, "k B nh Tq hs -> k (B Tq) (nh hs)")  # (k, B*Tq, nh*hs)
     out = z @ rearrange(params[p + "W_O"], "k nh hs d -> k (nh hs) d") + params[p + "b_O"][:, None, :]
     return out.view(k, B, Tq, d)  # (k, B, Tq, d)
@@ -91,7 +92,7 @@ def mlp(params: dict[str, Tensor], cfg, layer: int, h: Tensor) -> Tensor:
     k, B, Tq, d = h.shape
     p = f"blocks.{layer}.mlp."
     pre = h.reshape(k, B * Tq, d) @ params[p + "W_in"] + params[p + "b_in"][:, None, :]  # (k, B*Tq, d_mlp)
-    post = ACTS[cfg.act_fn](pre) @ params[p + "W_out"] + params[p + "b_out"][:, None, :]  # (k, B*Tq, d)
+    post = ACTIVATIONS[cfg.act_fn](pre) @ params[p + "W_out"] + params[p + "b_out"][:, None, :]  # (k, B*Tq, d)
     return post.view(k, B, Tq, d)
 
 

@@ -5,8 +5,9 @@ A row, in column order: ``epoch``, ``step``, ``lr``; ``train_loss`` (nats) and `
 held-out metrics of :func:`~anchor_interp.training.evaluate_stacked` (``test_acc/<group>`` per group,
 ``test_loss``, ``test_acc``, ``test_acc_masked``); ``time_s``, seconds since the run started (counting
 the time before a resume). "Held-out accuracy" (``test_acc``, the early-stop criterion and the plot's
-"held-out (seen groups)" curve) is the accuracy on held-out sequences of the unmasked groups only;
-masked groups are reported separately.
+``test_acc`` curve) is the accuracy on held-out sequences of the unmasked groups only; masked groups are
+reported separately (``test_acc_masked``). ``history.png`` is drawn by the report's
+:func:`anchor_interp.report.plots.plot_history` (one drawing of a history for both).
 """
 
 from __future__ import annotations
@@ -81,39 +82,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _nan(v) -> float:
-    return float("nan") if v is None else v
-
-
 def plot_history_png(history: list[dict], title: str = "") -> bytes:
-    """PNG bytes: train/test loss (log scale) and train/test accuracy versus epoch."""
-    import io
+    """PNG bytes of the history's loss and accuracy curves versus epoch: the report's figure,
+    :func:`anchor_interp.report.plots.plot_history` (matplotlib is imported on first use).
+    Raises ValueError for an empty history."""
+    from anchor_interp.report.plots import figure_png, plot_history
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a1.plot(ep, [r["train_loss"] for r in history], label="train")
-    a1.plot(ep, [_nan(r["test_loss"]) for r in history], label="held-out")
-    a1.set_yscale("log")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss (nats, last position)")
-    a1.legend()
-    a2.plot(ep, [r["train_acc"] for r in history], label="train")
-    a2.plot(ep, [_nan(r["test_acc"]) for r in history], label="held-out (seen groups)")
-    if any(r.get("test_acc_masked") is not None for r in history):
-        a2.plot(ep, [_nan(r.get("test_acc_masked")) for r in history], label="held-out (masked groups)")
-    a2.set_ylim(-0.02, 1.02)
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(plot_history(history, title=title))

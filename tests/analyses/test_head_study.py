@@ -115,3 +115,9 @@ def test_bad_arguments_exit_2(study, tmp_path, bad, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert bad[0] in err
+
+
+def test_study_thresholds_are_the_circuit_checks(study):
+    from anchor_interp.scores.ablation import MAX_CIRCUIT_ABLATED_ACCURACY, MIN_KEPT_FRACTION
+
+    assert (study.MAX_CIRCUIT_ACC, study.MIN_KEPT) == (MAX_CIRCUIT_ABLATED_ACCURACY, MIN_KEPT_FRACTION)

@@ -194,12 +194,19 @@ def test_train_then_analyse(capsys, tmp_path):
     js = tmp_path / "t.json"
     rc, out, err = _run(capsys, "--train", "--epochs", "1", "--seed", "2", "--n-samples", "64", "--json", str(js),
                         "--no-report", "--quiet")
-    assert rc == 0, err
+    # one epoch does not solve the task: the outputs are written, no shift/broadcast label, exit status 3
+    assert rc == 3 and err.count("\n") == 1 and "does not solve the task" in err and "--allow-unsolved" in err
     res = FindHeadsResult.load_json(js)
     assert res.model["source"].startswith("trained now (preset small, recipe fast, 1 epochs, seed 2)")
     assert [r["epoch"] for r in res.history] == [1]
     assert res.accuracy["n"] == 64 and res.seed == 2
+    assert res.competence["solved"] is False and res.competence["accuracy"] < res.competence["floor"]
+    assert all(h["label"] == "neither" for h in res.heads)
     assert not list(tmp_path.glob("*.html"))
+    rc, out, err = _run(capsys, "--train", "--epochs", "1", "--seed", "2", "--n-samples", "64", "--json", str(js),
+                        "--no-report", "--quiet", "--force", "--allow-unsolved")
+    assert rc == 0, err
+    assert FindHeadsResult.load_json(js).competence["allow_unsolved"] is True
 
 
 def test_train_only_options_need_train(capsys, tmp_path):

@@ -18,8 +18,8 @@ from fixtures_heads import (  # noqa: F401
     mechanism_analysis,
 )
 
-from anchor_interp.models import planted as gt
 from anchor_interp.labels import HeadGroup, HeadRecord, Thresholds, analyse_heads, label_heads
+from anchor_interp.models import planted as gt
 
 
 def _triples(records):
@@ -69,26 +69,45 @@ def test_random_models_are_all_neither(identity_task, preset, seed):
     assert any("barely separates" in n for n in with_task[0].notes)
 
 
-def test_default_model_shift_group_and_broadcast(default_analysis):
+def test_default_model_shift_copy_and_broadcast(default_analysis):
+    """The shipped model, against what was measured by hand (shared/spec/head_roles.md): one or two
+    layer-0 heads carry the anchor flag (offset -1) into layer 1's keys; the others are key copies whose
+    information comes from their own position and goes into layer 1's values; every layer-1 head reads
+    the key at the last row."""
     by = {r.name: r for r in default_analysis.records}
     assert all(by[f"L1H{h}"].label == "broadcast" for h in range(4))
     shifts = [r for r in default_analysis.records if r.label == "shift"]
-    assert {r.layer for r in shifts} == {0} and len(shifts) >= 2
-    assert all(r.offset == -1 for r in shifts)
+    copies = [r for r in default_analysis.records if r.kind == "copy"]
+    assert {r.layer for r in shifts} == {0} and {r.layer for r in copies} == {0}
+    assert len(shifts) >= 1 and len(shifts) + len(copies) == 4
+    for r in shifts:
+        main = next(x for x in r.roles if x["passes"])
+        assert r.offset == -1 and main["counterfactual"] == "anchor_position"
+        assert max(main["routes"], key=main["routes"].get) == "L1.k"  # the flag is read through keys
+        assert r.causal_effect == main["effect"]  # the shift's own effect, not the whole head's
+    for r in copies:
+        main = next(x for x in r.roles if x["passes"])
+        assert r.label == "neither" and main["role"] == "copy" and main["offset"] == 0
+        assert max(main["routes"], key=main["routes"].get) == "L1.v"  # the key's value, through values
+        # with the anchor moved and the new key's token unchanged, a key copy does (almost) nothing
+        assert r.scores["patch_anchor_position"] < 0.05
+    for r in default_analysis.records:
+        assert not r.borderline and r.stability == 1.0
     groups = {g.name: g for g in default_analysis.groups}
-    # the shift is spread over layer 0: no head alone removes half the accuracy, together they do
-    g = groups["shift_L0_offset-1"]
-    assert g.needed_together and g.joint_effect >= 0.9
-    assert max(g.individual_effects.values()) < 0.5
     assert groups["broadcast_L1"].joint_effect >= 0.9
-    assert all(by[name].group == g.name for name in g.heads)
+    assert default_analysis.circuit[:len(shifts)] == [r.name for r in shifts]
 
 
-def test_mechanism_model_matches_the_paper(mechanism_analysis):
+def test_mechanism_model_has_the_papers_two_operations(mechanism_analysis):
+    """Layer 0's anchor row reads the key at p + 1 (the paper's shift, into layer 1's values) and its last
+    row reads the anchor (through layer 1's queries); the larger effect names the label. Layer 1
+    broadcasts the anchor slot to the last row."""
     l0, l1 = mechanism_analysis.records
-    assert l0.label == "shift" and l0.offset == 1  # the anchor row reads the key at p + 1
-    assert l1.label == "broadcast"
-    assert l0.causal_effect > 0.9 and l1.causal_effect > 0.9
+    roles0 = {r["name"]: r for r in l0.roles if r["passes"]}
+    assert "shift(+1)" in roles0 and roles0["shift(+1)"]["counterfactual"] == "key_value"
+    assert max(roles0["shift(+1)"]["routes"], key=roles0["shift(+1)"]["routes"].get) == "L1.v"
+    assert l0.label == max(roles0.values(), key=lambda r: r["effect"])["role"]
+    assert l1.label == "broadcast" and l1.roles[0]["slot"] in ("anchor", "key")
 
 
 def test_a_head_whose_output_is_removed_becomes_inert(default_model, default_batch):
@@ -115,11 +134,21 @@ def test_records_and_groups_round_trip_through_json(default_analysis):
 
 def test_tensor_tokens_with_a_task_sample_a_batch(default_model):
     model, task = default_model
-    recs = label_heads(model, torch.zeros(16, 9, dtype=torch.long), task, seed=3)
+    recs = label_heads(model, torch.zeros(32, 9, dtype=torch.long), task, seed=3)
     assert any("sampled from task" in n for n in recs[0].notes)
 
 
-def test_bad_inputs(gt_model, gt_tokens):
+def test_too_few_rows_is_a_clear_error(default_model, gt_model, gt_tokens):
+    from anchor_interp.labels import MIN_ROWS
+
+    model, task = default_model
+    with pytest.raises(ValueError, match=f"labels need at least {MIN_ROWS}"):
+        label_heads(model, task.sample(MIN_ROWS - 1, split="test", seed=0), task)
+    with pytest.raises(ValueError, match=f"labels need at least {MIN_ROWS}"):
+        label_heads(gt_model, gt_tokens[:2])
+
+
+def test_bad_inputs(gt_model, gt_tokens, no_shape_checks):
     with pytest.raises(ValueError, match="thresholds.pattern"):
         Thresholds(pattern=1.5)
     with pytest.raises(ValueError, match="thresholds"):
@@ -142,10 +171,11 @@ def test_hand_set_identity_circuit_with_the_task(identity_task):
     assert analysis.baseline["accuracy"] == 1.0
     assert tuple(_triples(analysis.records)) == gt.CIRCUIT_EXPECTED
     shift, broadcast = analysis.records[0], analysis.records[3]
-    assert shift.counterfactual == "anchor_move" and shift.causal_effect > 0.8
-    assert shift.scores["patch_key_swap"] < 0.05  # the shift head moves no key value
-    assert broadcast.counterfactual == "key_swap" and broadcast.causal_effect > 0.9
-    assert broadcast.scores["key_swap_last_share"] > 0.9
+    assert shift.counterfactual == "anchor_position" and shift.causal_effect > 0.8
+    assert shift.scores["patch_key_value"] < 0.05  # the shift head moves no key value
+    assert max(shift.roles[0]["routes"], key=shift.roles[0]["routes"].get) == "L1.k"  # the flag, through keys
+    assert broadcast.counterfactual == "key_value" and broadcast.causal_effect > 0.9
+    assert broadcast.roles[0]["part"] == "last:key"
     labelled = [(r.layer, r.head) for r in analysis.records if r.label != "neither"]
     assert circuit_check(model, batch.tokens, batch.targets, labelled).passes
 
@@ -170,49 +200,84 @@ def test_broadcast_split_over_two_heads_is_named_as_a_group(identity_task):
         assert any("together" in n for n in r.notes)
 
 
-def _task_scores(shift, task_shift, self_score, anchor_move):
-    return {"shift": shift, "broadcast": 0.0, "sink": 0.05, "self": self_score, "uniform": 0.5,
-            "task_shift": task_shift, "patch_anchor_move": anchor_move, "patch_key_swap": 0.1,
-            "qk_positional_shift": 0.0}
+def _ev(*roles, pattern=(0.0, 0.0), self_score=0.1):
+    from anchor_interp.labels import HeadEvidence
+
+    scores = {"shift": pattern[0], "broadcast": pattern[1], "sink": 0.05, "self": self_score, "uniform": 0.5}
+    return HeadEvidence(layer=0, head=1, scores=scores, pattern={"shift": pattern[0], "broadcast": pattern[1]},
+                        effect={}, offset=-1, generic_offset=-1, qk_offset=-1, has_task=True, roles=list(roles))
 
 
-@pytest.mark.parametrize("shift,task_shift,self_score,anchor_move,expected", [
-    # measured on the no-LayerNorm study models (docs/concepts.md section 6b)
-    (0.74, 0.00, 0.60, 0.21, ("neither", None, "self")),   # key-copy head: generic shift, no task shift
-    (0.49, 0.00, 0.43, 0.08, ("neither", None, "other")),  # key-copy head, less self
-    (0.06, 0.09, 0.01, 0.61, ("shift", -1, None)),         # the real, soft shift head (seed 0)
-    (0.06, 0.09, 0.01, 0.25, ("neither", None, "other")),  # soft pattern without a strong effect
-    (0.30, 0.03, 0.01, 0.90, ("neither", None, "other")),  # strong effect but the key row is at chance
-    (0.10, 0.31, 0.62, 0.14, ("shift", -1, None)),         # default-model style: clear task pattern
+def _role(role, effect, *, offset=None, slot=None, route=0.3, ci=0.02, cf="anchor_position", recv="L1.k"):
+    from anchor_interp.labels import RoleEvidence
+
+    part = f"offset{offset:+d}" if offset is not None else f"last:{slot}"
+    return RoleEvidence(role, offset, slot, cf, part, effect, effect - ci, effect + ci, {recv: route, "logits": 0.0})
+
+
+def test_rule_copy_head_is_neither_copy():
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    rec = decide(_ev(_role("copy", 0.27, offset=0, cf="key_value", recv="L1.v"), self_score=0.8), DEFAULT_THRESHOLDS)
+    assert (rec.label, rec.offset, rec.kind) == ("neither", None, "copy") and rec.causal_effect == 0.27
+    assert rec.counterfactual == "key_value" and not rec.borderline
+
+
+def test_rule_shift_needs_a_route():
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    used = decide(_ev(_role("shift", 0.4, offset=-1)), DEFAULT_THRESHOLDS)
+    assert (used.label, used.offset) == ("shift", -1) and used.roles[0]["passes"]
+    unused = decide(_ev(_role("shift", 0.4, offset=-1, route=0.01), pattern=(0.6, 0.0)), DEFAULT_THRESHOLDS)
+    assert (unused.label, unused.kind) == ("neither", "inert")
+    assert any("no later component uses it" in n for n in unused.notes)
+
+
+def test_rule_label_is_the_largest_role_and_lists_the_others():
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    rec = decide(_ev(_role("broadcast", 0.76, slot="anchor", recv="L1.q"),
+                     _role("shift", 0.36, offset=1, cf="key_value", recv="L1.v")), DEFAULT_THRESHOLDS)
+    assert rec.label == "broadcast" and rec.causal_effect == 0.76
+    assert [r["name"] for r in rec.roles if r["passes"]] == ["broadcast(anchor)", "shift(+1)"]
+
+
+@pytest.mark.parametrize("roles,borderline", [
+    ([("shift", 0.11, -1)], True),                  # within the margin of the effect threshold
+    ([("shift", 0.30, -1)], False),
+    ([("shift", 0.30, -1), ("shift", 0.29, 1)], True),  # near-tie between two directions
+    ([("shift", 0.30, -1), ("shift", 0.12, -2)], False),  # a weak second offset does not change the label
 ])
-def test_with_a_task_the_shift_decision_uses_the_task_rows(shift, task_shift, self_score, anchor_move, expected):
-    from anchor_interp.labels import DEFAULT_THRESHOLDS, HeadEvidence, decide
+def test_rule_borderline_marks_threshold_edges_and_ties(roles, borderline):
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
 
-    scores = _task_scores(shift, task_shift, self_score, anchor_move)
-    pat = {"shift": task_shift, "broadcast": 0.0}
-    eff = {"shift": anchor_move, "broadcast": 0.1}
-    ev = HeadEvidence(layer=0, head=1, scores=scores, pattern=pat, effect=eff, offset=-1, generic_offset=-1,
-                      qk_offset=-1, location=None, has_task=True)
-    rec = decide(ev, DEFAULT_THRESHOLDS)
-    assert (rec.label, rec.offset, rec.kind) == expected
-    if expected[0] == "shift" and task_shift < DEFAULT_THRESHOLDS.pattern:
-        assert any("soft shift" in n for n in rec.notes)
-    if shift >= 0.2 and task_shift < DEFAULT_THRESHOLDS.task_shift_floor:
-        assert any("not the task's shift" in n for n in rec.notes)
+    rec = decide(_ev(*[_role(r, e, offset=o) for r, e, o in roles]), DEFAULT_THRESHOLDS)
+    assert rec.borderline is borderline
 
 
-def test_roleless_heads_needed_together_form_a_neither_group(identity_task):
-    # the split broadcast with its role taken away (pattern threshold 1.0): the two copies are
-    # role-less, each changes nothing alone, together they carry the answer -> group other_L1
-    model = gt.make_identity_circuit_model(identity_task, split_broadcast=True)
-    analysis = analyse_heads(model, identity_task.sample(128, split="test", seed=405), identity_task, seed=405,
-                             thresholds=Thresholds(pattern=1.0))
-    by = {r.name: r for r in analysis.records}
-    (group,) = [g for g in analysis.groups if g.label == "neither"]
-    assert group.name == "other_L1" and group.needed_together and group.joint_effect > 0.9
-    assert max(group.individual_effects.values()) < 0.05
-    for name in group.heads:
-        assert by[name].label == "neither" and by[name].group == "other_L1"
-        assert any("needed together" in n for n in by[name].notes)
-    assert not any(g.label == "neither" for g in analyse_heads(
-        model, identity_task.sample(128, split="test", seed=405), identity_task, seed=405).groups)
+def test_rule_no_role_falls_back_to_pattern_kinds():
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    assert decide(_ev(_role("shift", 0.03, offset=-1)), DEFAULT_THRESHOLDS).kind == "other"
+    assert decide(_ev(pattern=(0.9, 0.0)), DEFAULT_THRESHOLDS).kind == "inert"
+    assert decide(_ev(self_score=0.9), DEFAULT_THRESHOLDS).kind == "self"
+
+
+def test_route_evidence_engine_and_transformer_lens_agree(default_model, default_batch, monkeypatch):
+    """The batched engine and plain TransformerLens hooks (the fallback for models the engine does not
+    compute) give the same part and route values."""
+    import anchor_interp.labels.routes as R
+
+    model, task = default_model
+    pair = task.counterfactual_pair(default_batch.select(list(range(128))), "anchor_position", seed=1)
+    run = R.paired_run(model, pair.clean, pair.corrupt, "anchor_position")
+    masks = R.part_masks(run, causal=True)
+    parts = [(h, masks[p]) for h in range(4) for p in ("head", "offset-1", "offset+0", "last:key")]
+    fast = R.source_values(model, run, 0, parts), R.route_values(model, run, 0, 3, masks["offset-1"])
+    monkeypatch.setattr(R, "_engine", lambda model: None)
+    slow = R.source_values(model, run, 0, parts), R.route_values(model, run, 0, 3, masks["offset-1"])
+    assert torch.allclose(fast[0], slow[0], atol=1e-4)
+    assert fast[1].keys() == slow[1].keys()
+    for k in fast[1]:
+        assert torch.allclose(fast[1][k], slow[1][k], atol=1e-4)
+    assert R.normalised(fast[1]["L1.k"], run) > 0.2  # L0H3's flag reaches layer 1 through its keys

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from anchor_interp.models import make_model, model_config
 from anchor_interp.models.checkpoint import (
     META_FILE,
     MODEL_FILE,
@@ -15,7 +16,6 @@ from anchor_interp.models.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from anchor_interp.models import make_model, model_config
 from anchor_interp.tasks import make_task
 
 

@@ -63,7 +63,7 @@ def test_direct_logit_attribution_against_a_wrong_answer_is_antisymmetric(gt_mod
     assert torch.allclose(d1, -d2, atol=1e-5)
 
 
-def test_bad_inputs(gt_model, gt_tokens):
+def test_bad_inputs(gt_model, gt_tokens, no_shape_checks):
     with pytest.raises(ValueError, match="L3H0"):
         W.ov_circuit(gt_model, 3, 0)
     with pytest.raises(ValueError, match="token_ids"):

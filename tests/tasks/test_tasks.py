@@ -470,7 +470,7 @@ def test_same_tensors_on_every_device():
         assert task.target_probs(b).device.type == dev
 
 
-def test_batch_methods():
+def test_batch_methods(no_shape_checks):
     task = make_task("identity_two_keys")
     b = task.sample(10, seed=0)
     assert len(b) == 10 and b.to("cpu") is b

@@ -1,0 +1,281 @@
+"""Check the labeller against the oracle on the validation set; write per-head rows and the summary.
+
+    python analyses/validate_labels.py                      # report seeds 2-6 of the validation set
+    python analyses/validate_labels.py --seeds 0 1          # the tuning seeds
+    python analyses/validate_labels.py --configs identity__small --seeds 2 --no-stability   # one model, fast
+    python analyses/validate_labels.py --summary-only       # rebuild the summary and the table from the rows
+
+For every trained model of ``analyses/validation_models.py`` (folder ``<task>__<preset>__seed<k>``):
+
+1. the labeller, ``anchor_interp.labels.analyse_heads`` on 256 held-out rows (sample seed 1000 + k);
+2. the oracle, ``analyses/oracle_heads.py`` (plain TransformerLens hooks, its own decision rule:
+   docs/validation.md) on 256 held-out rows of the same seed;
+3. with ``--stability`` (default): the labeller again on 5 other batches (sample seeds 2000 + 10 k + i)
+   and at 128 and 1024 rows, to see whether each non-borderline head keeps its label.
+
+Each model's oracle result is cached in ``<out>/oracle/<name>.json`` and its comparison written to
+``<out>/models/<name>.json`` as soon as it is done, so a run that is stopped resumes where it was
+(``--force`` recomputes the labeller's side; delete ``oracle/`` to recompute the oracle). The summary (``summary_seeds<k>.json``, ``table_seeds<k>.txt``)
+holds, over the chosen seeds, the per-label precision and recall against the oracle, the done-when
+checks of issue 12 and the label stability. Per-head rows: ``heads.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_MODELS = Path.home() / ".cache" / "anchor_interp" / "validation"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "validation"
+N_SAMPLES = 256
+STRONG = 0.2  # "oracle effect at least twice the threshold" (threshold 0.1)
+EFFECT_THRESHOLD = 0.1
+ROLE_LABELS = ("shift", "broadcast")
+
+
+def _oracle_module():
+    spec = importlib.util.spec_from_file_location("oracle_heads", Path(__file__).with_name("oracle_heads.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["oracle_heads"] = mod  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _label_key(label, offset, kind) -> str:
+    if label == "shift":
+        return f"shift({offset:+d})" if offset is not None else "shift"
+    return label if label != "neither" else f"neither/{kind}"
+
+
+def _labeller(model, task, n: int, sample_seed: int):
+    from anchor_interp.labels import analyse_heads
+
+    batch = task.sample(n, split="test", seed=sample_seed)
+    return analyse_heads(model, batch, task, seed=0)
+
+
+def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:
+    """The oracle's heads for one model (``{"heads": {...}}`` or ``{"error": ...}``), cached in ``cache_dir``
+    (the oracle is the slow half: the labeller can change without recomputing it)."""
+    from anchor_interp.models.checkpoint import load_checkpoint
+
+    path = cache_dir / f"{folder.name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model, task = load_checkpoint(folder)
+    model.eval()
+    try:
+        orc = oracle.run_oracle(model, task, n_samples=N_SAMPLES, seed=1000 + seed)
+        out = {"heads": {h["head"]: h for h in orc["heads"]}, "runtime_s": orc["runtime_s"],
+               "counterfactuals": orc["counterfactuals"]}
+    except oracle.OracleError as e:
+        out = {"error": str(e)}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(path, out)
+    return out
+
+
+def compare_model(folder: Path, seed: int, *, stability: bool, orc: dict) -> dict:
+    """The labeller on one trained model, head by head, beside the oracle's heads ``orc``."""
+    from anchor_interp.models.checkpoint import load_checkpoint
+
+    model, task = load_checkpoint(folder)
+    model.eval()
+    t0 = time.perf_counter()
+    an = _labeller(model, task, N_SAMPLES, 1000 + seed)
+    t_label = time.perf_counter() - t0
+    out = {"name": folder.name, "task": task.name, "seed": seed, "label_seconds": round(t_label, 2),
+           "competence": {k: an.baseline.get(k) for k in ("competence_accuracy", "competence_floor", "solved")}}
+    oheads = orc.get("heads", {})
+    if "error" in orc:
+        out["oracle_error"] = orc["error"]
+    else:
+        out["oracle_seconds"] = orc.get("runtime_s")
+    again = []
+    if stability:
+        again += [("batch", i, _labeller(model, task, N_SAMPLES, 2000 + 10 * seed + i)) for i in range(5)]
+        again += [("rows", n, _labeller(model, task, n, 1000 + seed)) for n in (128, 1024)]
+    out["heads"] = [_head_row(r, oheads.get(r.name), again) for r in an.records]
+    return out
+
+
+def _head_row(r, o: dict | None, again: list) -> dict:
+    main = next((x for x in r.roles if x.get("passes")), None)
+    row = {
+        "head": r.name, "label": r.label, "offset": r.offset, "kind": r.kind, "key": _label_key(r.label, r.offset, r.kind),
+        "effect": r.causal_effect, "borderline": r.borderline, "stability": r.stability, "reads": r.reads,
+        "roles": {x["name"]: round(x["effect"], 4) for x in r.roles if x.get("passes")},
+        "route": main["route"] if main else "",
+        "again": [_label_key(x.label, x.offset, x.kind) for x in (_record(a, r.name) for _, _, a in again)],
+        "again_borderline": [_record(a, r.name).borderline for _, _, a in again],
+    }
+    if o is not None:
+        row.update(oracle_label=o["label"], oracle_kind=o.get("kind"), oracle_offsets=o.get("offsets", []),
+                   oracle_effect=o["effect"], oracle_reads=o.get("reads_anchor"),
+                   oracle_key=_label_key(o["label"], (o.get("offsets") or [None])[0] if o["label"] == "shift" else None,
+                                         o.get("kind")),
+                   oracle_roles={_oracle_role_name(x): round(x["effect"], 4) for x in o.get("roles", [])})
+    return row
+
+
+def _record(analysis, name: str):
+    return next(x for x in analysis.records if x.name == name)
+
+
+def _oracle_role_name(x: dict) -> str:
+    if x["role"] == "shift":
+        return f"shift({x['offset']:+d})"
+    return f"broadcast({x['slot']})" if x["role"] == "broadcast" else x["role"]
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+
+
+def summarise(models: list[dict]) -> dict:
+    """Precision / recall per label against the oracle and the done-when checks of issue 12."""
+    rows = [dict(h, model=m["name"]) for m in models if "oracle_error" not in m for h in m["heads"]]
+    unsolved = [m["name"] for m in models if "oracle_error" in m]
+    withheld_ok = all(h["label"] == "neither" for m in models if "oracle_error" in m and not (m["competence"] or {})
+                      .get("solved", True) for h in m["heads"])
+    out = {"models": len(models), "models_compared": len(models) - len(unsolved), "unsolved_or_oracle_error": unsolved,
+           "unsolved_models_have_no_role_labels": withheld_ok, "heads": len(rows), "labels": {}}
+    for label in ROLE_LABELS:
+        out["labels"][label] = {"all": _pr(rows, label), "strong": _pr([h for h in rows if h["oracle_effect"] >= STRONG],
+                                                                      label)}
+    copies = [h for h in rows if h.get("oracle_kind") == "copy"]
+    out["copy"] = {"oracle_copies": len(copies), "labelled_neither_copy": sum(h["kind"] == "copy" for h in copies),
+                   "labelled_copy_but_oracle_not": sum(h["kind"] == "copy" and h.get("oracle_kind") != "copy"
+                                                       for h in rows)}
+    strong = [h for h in rows if h["oracle_effect"] >= STRONG and h["oracle_label"] in ROLE_LABELS]
+    out["strong_heads"] = len(strong)
+    out["strong_heads_borderline"] = sum(h["borderline"] for h in strong)
+    out["role_below_threshold_not_borderline"] = [
+        f"{h['model']}:{h['head']}" for h in rows if h["label"] in ROLE_LABELS and not h["borderline"]
+        and max((v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
+    out["borderline_fraction"] = sum(h["borderline"] for h in rows) / max(len(rows), 1)
+    multi = [h for h in rows if h.get("oracle_reads") is not None]
+    out["reads"] = {"heads": len(multi), "agree": sum(_reads_agree(h) for h in multi),
+                    "disagree": [f"{h['model']}:{h['head']} {h['reads']} vs {h['oracle_reads']}"
+                                 for h in multi if not _reads_agree(h)]}
+    stable = [h for h in rows if not h["borderline"] and h["again"]]
+    out["stability"] = {"non_borderline_heads": len(stable),
+                        "same_label_on_every_batch_and_size": sum(len(set(h["again"] + [h["key"]])) == 1 for h in stable),
+                        "changed": [f"{h['model']}:{h['head']} {h['key']} -> {sorted(set(h['again']))}"
+                                    for h in stable if len(set(h["again"] + [h["key"]])) > 1]}
+    out["mismatches"] = [f"{h['model']}:{h['head']} labeller {h['key']}{'~' if h['borderline'] else ''} "
+                         f"oracle {h['oracle_key']} ({h['oracle_effect']:.2f})" for h in rows
+                         if _coarse(h["key"]) != _coarse(h["oracle_key"])]
+    return out
+
+
+def _coarse(key: str) -> str:
+    return "shift" if key.startswith("shift") else key
+
+
+def _pr(rows: list[dict], label: str) -> dict:
+    tp = sum(h["label"] == label and h["oracle_label"] == label for h in rows)
+    fp = sum(h["label"] == label and h["oracle_label"] != label for h in rows)
+    fn = sum(h["label"] != label and h["oracle_label"] == label for h in rows)
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None}
+
+
+def _reads_agree(h: dict) -> bool:
+    mine = set((h["reads"] or "-").split("+")) - {"-"}
+    theirs = set((h["oracle_reads"] or "-").split("+")) - {"-"}
+    return mine == theirs
+
+
+def write_table(summary: dict, models: list[dict], path: Path) -> None:
+    lines = ["| label | heads (oracle) | precision | recall | strong heads: precision | recall |", "|---|---|---|---|---|---|"]
+    for label, d in summary["labels"].items():
+        a, s = d["all"], d["strong"]
+        lines.append(f"| {label} | {a['tp'] + a['fn']} | {_f(a['precision'])} | {_f(a['recall'])} | "
+                     f"{_f(s['precision'])} | {_f(s['recall'])} |")
+    c = summary["copy"]
+    lines.append(f"| copy (neither) | {c['oracle_copies']} | | {_f(c['labelled_neither_copy'] / c['oracle_copies']) if c['oracle_copies'] else '-'} | | |")
+    lines += ["", "| model | accuracy | labeller | oracle |", "|---|---|---|---|"]
+    for m in models:
+        acc = (m["competence"] or {}).get("competence_accuracy")
+        lab = ", ".join(f"{h['head']}={h['key']}{'~' if h['borderline'] else ''}" for h in m["heads"])
+        orc = ", ".join(f"{h['head']}={h.get('oracle_key', '?')}" for h in m["heads"]) if "oracle_error" not in m \
+            else "oracle: " + m["oracle_error"][:60]
+        lines.append(f"| {m['name']} | {_f(acc)} | {lab} | {orc} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4, 5, 6])
+    p.add_argument("--configs", nargs="+", help="<task>__<preset> folder prefixes (default: all)")
+    p.add_argument("--no-stability", action="store_true", help="skip the 7 extra labeller runs per model")
+    p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--force", action="store_true", help="recompute models already compared")
+    args = p.parse_args(argv)
+    if any(s < 0 for s in args.seeds):
+        p.error("--seeds must be >= 0")
+    import torch
+
+    torch.set_num_threads(1)
+    (args.out / "models").mkdir(parents=True, exist_ok=True)
+    folders = sorted(f for f in args.models_dir.glob("*__seed*") if (f / "checkpoint.json").is_file())
+    chosen = [f for f in folders if int(f.name.rsplit("seed", 1)[1]) in args.seeds
+              and (not args.configs or f.name.rsplit("__seed", 1)[0] in args.configs)]
+    oracle = None if args.summary_only else _oracle_module()
+    models = []
+    for f in chosen:
+        path = args.out / "models" / f"{f.name}.json"
+        if path.is_file() and not args.force:
+            models.append(json.loads(path.read_text()))
+            continue
+        if args.summary_only:
+            continue
+        t0 = time.perf_counter()
+        seed = int(f.name.rsplit("seed", 1)[1])
+        orc = oracle_heads(f, seed, oracle, args.out / "oracle")
+        m = compare_model(f, seed, stability=not args.no_stability, orc=orc)
+        _atomic_json(path, m)
+        models.append(m)
+        print(f"{f.name}: {time.perf_counter() - t0:.0f} s; " + ", ".join(
+            f"{h['head']}={h['key']}{'~' if h['borderline'] else ''}/{h.get('oracle_key', '?')}" for h in m["heads"]),
+            flush=True)
+    summary = summarise(models)
+    summary["seeds"] = args.seeds
+    _atomic_json(args.out / f"summary_seeds{'-'.join(map(str, args.seeds))}.json", summary)
+    write_table(summary, models, args.out / f"table_seeds{'-'.join(map(str, args.seeds))}.txt")
+    with open(args.out / f"heads_seeds{'-'.join(map(str, args.seeds))}.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "head", "label", "borderline", "stability", "effect", "route", "reads", "oracle_label",
+                    "oracle_effect", "oracle_reads", "again"])
+        for m in models:
+            for h in m["heads"]:
+                w.writerow([m["name"], h["head"], h["key"], h["borderline"], h["stability"], round(h["effect"], 4),
+                            h["route"], h["reads"], h.get("oracle_key"), h.get("oracle_effect"), h.get("oracle_reads"),
+                            " ".join(h["again"])])
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches",)}, indent=1, default=str))
+    print("mismatches:", *summary["mismatches"], sep="\n  ")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

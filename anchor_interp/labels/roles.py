@@ -1,0 +1,246 @@
+"""Role evidence: for each head, every role it could play, measured causally, with an interval and a route.
+
+    causal = measure_roles(model, batch, task, thresholds=th, seed=0)
+    causal.roles[(layer, head)]  -> [RoleEvidence(role="shift", offset=-1, effect=0.38, ...), ...]
+
+For each single-factor counterfactual the task has (``key_value``, ``anchor_position``,
+``anchor_identity``, ``anchor_identity_2``), the head's contribution is split into parts
+(:mod:`anchor_interp.labels.routes`) and each part becomes a candidate role:
+
+- ``shift`` (offset ``k != 0``): the information comes from ``k`` positions away (``offset{k}`` part), and
+  at least half of that effect lands away from the last row (``rows{k}``: at the last row a fixed offset
+  also picks out the rows whose slot sits there, which is a broadcast);
+- ``copy`` (offset 0): the information comes from the head's own position (a key copy), again with at
+  least half of it away from the last row;
+- ``broadcast`` (slot): the last row reads a task slot (``last:<slot>`` part) whose offset from the last
+  row varies across the rows, and no single offset explains it (its effect exceeds every offset's).
+
+Each candidate keeps the counterfactual under which it is largest, its normalised effect (1 = restores
+the clean answer), a 95% bootstrap interval over rows (``N_BOOTSTRAP`` resamples) and its route: the
+normalised path-patching effect of that part into every later layer's query / key / value inputs and
+into the logits. Only parts of heads whose whole effect reaches half the effect threshold are split
+(the rest cannot hold a role).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from anchor_interp.labels.records import Thresholds, finite_or_none
+from anchor_interp.labels.routes import (
+    PairedRun,
+    normalised,
+    paired_run,
+    part_masks,
+    route_values,
+    source_values,
+)
+from anchor_interp.names import head_name
+
+__all__ = ["N_BOOTSTRAP", "ROLE_KINDS", "CausalEvidence", "RoleEvidence", "measure_roles"]
+
+ROLE_KINDS = ("key_value", "anchor_position", "anchor_identity", "anchor_identity_2")
+N_BOOTSTRAP = 1000
+MIN_MARGIN = 0.02  # the least margin around a threshold (effects are in [0, 1])
+MIN_PAIRED_ROWS = 8  # fewer kept rows than this: the counterfactual is not used
+_WHAT = {"key_value": "key value", "anchor_position": "anchor position", "anchor_identity": "anchor identity",
+         "anchor_identity_2": "second anchor identity"}
+_INPUT = {"q": "queries", "k": "keys", "v": "values"}
+
+
+@dataclass
+class RoleEvidence:
+    """One candidate role of one head. ``effect`` (normalised, 1 = restores the clean answer) with its
+    95% bootstrap interval ``[ci_low, ci_high]``; ``routes``: receiver (``"L1.k"``, ``"logits"``) ->
+    normalised path effect; ``reads``: the anchor slot the head reads most (multi-anchor tasks)."""
+
+    role: str
+    offset: int | None
+    slot: str | None
+    counterfactual: str
+    part: str
+    effect: float
+    ci_low: float
+    ci_high: float
+    routes: dict[str, float] = field(default_factory=dict)
+    reads: str | None = None
+
+    @property
+    def margin(self) -> float:
+        """max(MIN_MARGIN, half the 95% interval): how close to a threshold counts as borderline."""
+        return max(MIN_MARGIN, (self.ci_high - self.ci_low) / 2)
+
+    @property
+    def best_route(self) -> tuple[str, float]:
+        name = max(self.routes, key=lambda k: self.routes[k]) if self.routes else "none"
+        return name, self.routes.get(name, 0.0)
+
+    def name(self) -> str:
+        """``shift(-1)``, ``broadcast(key)``, ``copy``."""
+        if self.role == "shift":
+            return f"shift({self.offset:+d})"
+        return f"broadcast({self.slot})" if self.role == "broadcast" else self.role
+
+    def route_text(self, least: float = 0.05) -> str:
+        """E.g. ``"anchor position -> L1 keys 0.40; -> logits 0.02"`` (routes >= ``least``, largest first)."""
+        parts = []
+        for recv, v in sorted(self.routes.items(), key=lambda kv: -kv[1]):
+            if v >= least or not parts:
+                where = "logits" if recv == "logits" else f"{recv.split('.')[0]} {_INPUT[recv.split('.')[1]]}"
+                parts.append(f"{where} {v:.2f}")
+        return f"{_WHAT.get(self.counterfactual, self.counterfactual)} -> " + "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("effect", "ci_low", "ci_high"):
+            d[k] = finite_or_none(d[k])
+        d["routes"] = {k: finite_or_none(v) for k, v in self.routes.items()}
+        d["margin"] = finite_or_none(self.margin)
+        d["name"] = self.name()
+        d["route"] = self.route_text()
+        return d
+
+
+@dataclass
+class CausalEvidence:
+    """Per model: ``head_effect[kind]`` (layer, head) whole-head effects, ``roles[(layer, head)]``,
+    ``runs[kind]``: rows used, rows dropped, logit gap; ``notes`` for every head; ``slot_effect[(layer,
+    head)]``: ``"slot:<slot>"`` -> its largest effect over the counterfactuals."""
+
+    head_effect: dict[str, torch.Tensor]
+    roles: dict[tuple[int, int], list[RoleEvidence]]
+    runs: dict[str, dict]
+    notes: list[str] = field(default_factory=list)
+    slot_effect: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)  # max over kinds
+
+
+def _kinds(task) -> list[str]:
+    applicable = task.counterfactual_kinds() if hasattr(task, "counterfactual_kinds") else ("key_swap", "anchor_move")
+    return [k for k in ROLE_KINDS if k in applicable]
+
+
+def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, causal: bool) -> CausalEvidence:
+    """Every head's candidate roles under every single-factor counterfactual of ``task`` (module docstring)."""
+    from anchor_interp.tasks import TaskError
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    ev = CausalEvidence({}, {(la, h): [] for la in range(L) for h in range(H)}, {})
+    for kind in _kinds(task):
+        try:
+            pair = task.counterfactual_pair(batch, kind, seed=seed + 1)
+        except TaskError as e:
+            ev.notes.append(f"{kind}: not used ({e})")
+            continue
+        if len(pair.clean) < MIN_PAIRED_ROWS:
+            ev.notes.append(f"{kind}: only {len(pair.clean)} rows have this counterfactual; not used")
+            continue
+        run = paired_run(model, pair.clean, pair.corrupt, kind, pair.n_dropped)
+        ev.runs[kind] = {"rows": len(pair.clean), "dropped": pair.n_dropped, "logit_gap": run.gap}
+        if not abs(run.gap) >= thresholds.min_logit_gap:
+            ev.notes.append(f"{kind}: the model barely separates clean and corrupt answers (logit gap {run.gap:.3g} "
+                            f"< {thresholds.min_logit_gap}); its effects are set to 0")
+            ev.head_effect[kind] = torch.zeros(L, H)
+            continue
+        ev.head_effect[kind] = _measure_kind(model, run, ev, thresholds, seed, causal)
+    for key, roles in ev.roles.items():
+        reads = _reads(ev.slot_effect.get(key, {}), thresholds.effect)
+        ev.roles[key] = [dataclasses.replace(r, reads=reads) for r in _strongest_per_role(roles)]
+    return ev
+
+
+def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, seed: int, causal: bool):
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    B = run.clean_ld.shape[0]
+    masks = part_masks(run, causal)
+    parts = [p for p in masks if p != "head"]
+    gen = torch.Generator().manual_seed(seed)
+    boot = torch.randint(B, (N_BOOTSTRAP, B), generator=gen)  # (R, B) resampled rows
+    head_effect = torch.zeros(L, H)
+    for layer in range(L):
+        whole = source_values(model, run, layer, [(h, masks["head"]) for h in range(H)])  # (H, B)
+        head_effect[layer] = normalised(whole, run)
+        for h in range(H):
+            if not head_effect[layer, h] >= th.effect / 2:
+                continue
+            main = [p for p in parts if not p.startswith("rows")]
+            values = source_values(model, run, layer, [(h, masks[p]) for p in main])  # (P, B)
+            effects = dict(zip(main, normalised(values, run).tolist(), strict=True))
+            rows = [f"rows{p.removeprefix('offset')}" for p in main if p.startswith("offset")
+                    and effects[p] >= th.effect / 2 and f"rows{p.removeprefix('offset')}" in masks]
+            if rows:  # the shift candidates' effect away from the last row
+                effects.update(zip(rows, normalised(source_values(model, run, layer, [(h, masks[p]) for p in rows]),
+                                                    run).tolist(), strict=True))
+            slots = ev.slot_effect.setdefault((layer, h), {})
+            for p in effects:
+                if p.startswith("slot:"):
+                    slots[p] = max(slots.get(p, float("-inf")), effects[p])
+            for role, offset, slot, part in _candidates(effects, run):
+                if not effects[part] >= th.effect / 2:
+                    continue
+                lo, hi = torch.quantile(normalised(values[main.index(part)], run, boot),
+                                        torch.tensor([0.025, 0.975])).tolist()
+                routes = {k: float(normalised(v, run)) for k, v in
+                          route_values(model, run, layer, h, masks[part]).items()}
+                ev.roles[(layer, h)].append(RoleEvidence(role, offset, slot, run.kind, part, effects[part], lo, hi,
+                                                         routes))
+    return head_effect
+
+
+def _candidates(effects: dict[str, float], run: PairedRun) -> list[tuple[str, int | None, str | None, str]]:
+    """(role, offset, slot, part) for every part that could carry a role."""
+    out = []
+    offsets = {p: int(p.removeprefix("offset")) for p in effects if p.startswith("offset")}
+    for part, k in offsets.items():
+        # most of it must land away from the last row: there a fixed offset (0 included) also picks out
+        # the rows whose slot happens to sit at it, which is a broadcast seen through one offset
+        if effects.get(f"rows{k:+d}", 0.0) >= effects[part] / 2:
+            out.append(("copy", 0, None, part) if k == 0 else ("shift", k, None, part))
+    best_offset = max((effects[p] for p in offsets), default=0.0)
+    T = run.clean.tokens.shape[1]
+    for slot, (pos_c, _) in run.slots.items():
+        varying = len(set((pos_c - (T - 1)).tolist())) >= 2  # the slot sits at several offsets from the last row
+        part = f"last:{slot}"
+        if varying and part in effects and effects[part] > best_offset:
+            out.append(("broadcast", None, slot, part))
+    return out
+
+
+def _reads(effects: dict[str, float], least: float) -> str | None:
+    """Multi-anchor tasks: the anchors whose slot (any destination, largest over the counterfactuals)
+    carries at least ``least`` of the head's effect, largest first, joined by ``+`` (``"anchor"``,
+    ``"anchor2+anchor"``; ``"-"`` for none); None when the task has one anchor."""
+    anchors = {s: effects[f"slot:{s}"] for s in ("anchor", "anchor2") if f"slot:{s}" in effects}
+    if len(anchors) < 2:
+        return None
+    read = [s for s in sorted(anchors, key=lambda s: -anchors[s]) if anchors[s] >= least]
+    return "+".join(read) if read else "-"
+
+
+# the counterfactual that names each role's factor: preferred when another is larger by less than a margin
+CANONICAL_KIND = {"shift": "anchor_position", "broadcast": "key_value", "copy": "key_value"}
+
+
+def _strongest_per_role(roles: list[RoleEvidence]) -> list[RoleEvidence]:
+    """One candidate per (role, offset, slot): the counterfactual under which it is largest (the role's
+    canonical one when the others exceed it by less than a margin); largest first."""
+    by_key: dict[tuple, list[RoleEvidence]] = {}
+    for r in roles:
+        by_key.setdefault((r.role, r.offset, r.slot), []).append(r)
+    best = []
+    for (role, _, _), rs in by_key.items():
+        top = max(rs, key=lambda r: r.effect)
+        canon = next((r for r in rs if r.counterfactual == CANONICAL_KIND[role]), None)
+        best.append(canon if canon is not None and top.effect - canon.effect < max(top.margin, canon.margin) else top)
+    return sorted(best, key=lambda r: -r.effect)
+
+
+def describe(roles: list[RoleEvidence]) -> str:
+    """One line per head: ``"L0H3 shift(-1) 0.38 [0.33, 0.43]; copy 0.17"``-style summary of its roles."""
+    return "; ".join(f"{r.name()} {r.effect:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in roles)
+
+
+def head_label(layer: int, head: int) -> str:
+    return head_name(layer, head)

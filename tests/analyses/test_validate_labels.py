@@ -1,0 +1,61 @@
+"""analyses/validate_labels.py: the labeller-vs-oracle bookkeeping (precision, recall, the issue-12 checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def vl():
+    spec = importlib.util.spec_from_file_location("validate_labels", ROOT / "analyses" / "validate_labels.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["validate_labels"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _head(name, key, oracle_key, oracle_effect, *, borderline=False, roles=None, again=None, reads=None,
+          oracle_reads=None):
+    label = key.split("(")[0].split("/")[0]
+    olabel = oracle_key.split("(")[0].split("/")[0]
+    return {"head": name, "key": key, "label": label, "kind": key.split("/")[1] if "/" in key else None,
+            "borderline": borderline, "again": again or [], "reads": reads, "oracle_reads": oracle_reads,
+            "oracle_key": oracle_key, "oracle_label": olabel, "oracle_effect": oracle_effect,
+            "oracle_kind": oracle_key.split("/")[1] if "/" in oracle_key else None,
+            "oracle_roles": roles if roles is not None else {oracle_key: oracle_effect}}
+
+
+def test_summary_counts_agreement_and_the_issue_checks(vl):
+    heads = [
+        _head("L0H0", "neither/copy", "neither/copy", 0.27, again=["neither/copy"] * 7),
+        _head("L0H1", "shift(-1)", "shift(-1)", 0.25, again=["shift(-1)"] * 7),
+        _head("L0H2", "shift(-1)", "neither/copy", 0.15, roles={"copy": 0.15}),  # a false shift, not borderline
+        _head("L0H3", "neither/other", "shift(-1)", 0.12, borderline=True),  # missed, but borderline
+        _head("L1H0", "broadcast", "broadcast", 0.30, again=["broadcast"] * 6 + ["neither/other"]),
+        _head("L1H1", "broadcast", "broadcast", 0.35, reads="anchor", oracle_reads="anchor+anchor2"),
+    ]
+    s = vl.summarise([{"name": "m", "heads": heads, "competence": {"solved": True}}])
+    assert s["labels"]["shift"]["all"] == {"tp": 1, "fp": 1, "fn": 1, "precision": 0.5, "recall": 0.5}
+    assert s["labels"]["shift"]["strong"]["precision"] == 1.0 and s["labels"]["shift"]["strong"]["recall"] == 1.0
+    assert s["labels"]["broadcast"]["all"]["precision"] == 1.0
+    assert s["role_below_threshold_not_borderline"] == ["m:L0H2"]
+    assert s["borderline_fraction"] == pytest.approx(1 / 6)
+    assert s["copy"] == {"oracle_copies": 2, "labelled_neither_copy": 1, "labelled_copy_but_oracle_not": 0}
+    assert s["reads"]["agree"] == 0 and len(s["reads"]["disagree"]) == 1
+    assert s["stability"]["non_borderline_heads"] == 3
+    assert s["stability"]["same_label_on_every_batch_and_size"] == 2
+    assert len(s["mismatches"]) == 2
+
+
+def test_models_the_oracle_could_not_judge_are_left_out(vl):
+    heads = [_head("L0H0", "neither/unsolved", "neither/other", 0.0)]
+    s = vl.summarise([{"name": "u", "heads": heads, "oracle_error": "does not solve",
+                       "competence": {"solved": False}}])
+    assert s["models_compared"] == 0 and s["unsolved_or_oracle_error"] == ["u"]
+    assert s["unsolved_models_have_no_role_labels"] is True
