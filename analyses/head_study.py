@@ -187,7 +187,10 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
     recs = analysis.records
     labelled = [parse_head_name(n) for n in analysis.circuit]  # shift and broadcast heads + needed key copies
     by_role = {role: [r.name for r in recs if r.label == role] for role in ROLES}
-    found = {role: bool(by_role[role]) for role in ROLES}
+    # found: a head labelled with the role, or a head with that role among its passing roles (a head can
+    # do two things; its label names the larger, e.g. the mechanism model's layer 0 on some seeds)
+    found = {role: bool(by_role[role]) or any(x.get("passes") and x.get("role") == role for r in recs for x in r.roles)
+             for role in ROLES}
     row: dict = {"labels": " ".join(f"{r.name}:{_short(r)}" for r in recs)}
     for role in ROLES:
         row[f"{role}_heads"] = " ".join(by_role[role])

@@ -33,6 +33,7 @@ TESTED_PAGES = {
     "extending.md": 4,
     "tasks.md": 1,
     "patching.md": 1,
+    "your_model.md": 3,
 }
 
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

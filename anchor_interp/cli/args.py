@@ -20,6 +20,8 @@ __all__ = [
     "parse_field_value",
     "parse_field_values",
     "parse_init_gamma",
+    "parse_nonneg_float",
+    "parse_nonneg_int",
     "resolve_cli_device",
 ]
 
@@ -76,7 +78,9 @@ def parse_init_gamma(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
 
-def _nonneg_int(name: str):
+def parse_nonneg_int(name: str):
+    """A parser of integers >= 0 for the option ``name`` (ArgumentTypeError naming it otherwise)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -84,6 +88,24 @@ def _nonneg_int(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
         if value < 0:
             raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        return value
+
+    return parse
+
+
+_nonneg_int = parse_nonneg_int
+
+
+def parse_nonneg_float(name: str):
+    """A parser of finite numbers >= 0 for the option ``name`` (ArgumentTypeError naming it otherwise)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (0 <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text}")
         return value
 
     return parse

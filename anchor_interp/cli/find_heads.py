@@ -15,7 +15,6 @@ broadcast labels withheld unless --allow-unsolved).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With no arguments: the shipped default model.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (model.safetensors + checkpoint.json)")
+    src.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (checkpoint.json and the tensor files it names)")
     src.add_argument("--train", action="store_true", help="train a fresh model first (with progress), then analyse it")
     src.add_argument("--from-json", metavar="PATH", help="re-render the report from a saved result JSON; computes nothing")
     p.add_argument("--task", metavar="NAME", help="task name (default: the model's own task; required to match it)")
@@ -104,12 +103,12 @@ def _output_paths(args) -> tuple[Path | None, Path | None]:
             pngs = [str(p) for p in list(report_paths(path).values())[1:] if p.exists()]
             if pngs:
                 raise UsageError(f"--report {path}: its figure {pngs[0]} exists; pass --force to overwrite it")
-        parent = path.parent if str(path.parent) else Path(".")
-        anc = parent
-        while not anc.exists():
-            anc = anc.parent
-        if not anc.is_dir() or not os.access(anc, os.W_OK):
-            raise UsageError(f"{flag} {path}: cannot create files under {anc}")
+        from anchor_interp.atomic import check_writable
+
+        try:  # before any analysis: an unwritable output fails at once
+            check_writable(path, flag)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return report, js
 
 
@@ -119,7 +118,7 @@ def _check_inputs(args) -> None:
         if not ck.exists():
             raise UsageError(f"--checkpoint {ck} does not exist")
         if not ck.is_dir() or not (ck / "checkpoint.json").is_file():
-            raise UsageError(f"--checkpoint {ck} is not a checkpoint folder (it needs checkpoint.json and model.safetensors)")
+            raise UsageError(f"--checkpoint {ck} is not a checkpoint folder (it needs checkpoint.json and the tensor files it names)")
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             raise UsageError(f"--from-json {args.from_json} does not exist")
@@ -191,14 +190,7 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
         command=command, device=args.device, allow_unsolved=args.allow_unsolved, log=lambda m: _say(args, m),
     )
     print(format_head_table(result.to_dict()))
-    if json_path is not None:
-        result.save_json(json_path, overwrite=args.force)
-        print(f"json: {json_path}")
-    if report_path is not None:
-        from anchor_interp.report import write_report
-
-        write_report(result, report_path, overwrite=args.force)
-        print(f"report: {report_path}")
+    _write_outputs(result, report_path, json_path, args.force)
     _say(args, f"done in {time.perf_counter() - t_start:.1f} s")
     if not result.competence.get("solved", True) and not args.allow_unsolved:
         print(f"{PROG}: the model does not solve the task (held-out accuracy "
@@ -206,6 +198,24 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
               "shift/broadcast labels withheld (--allow-unsolved labels anyway); exit status 3", file=sys.stderr)
         return 3
     return 0
+
+
+def _write_outputs(result, report_path: Path | None, json_path: Path | None, force: bool) -> None:
+    """The JSON, HTML and PNGs as one all-or-nothing set (anchor_interp.atomic.write_file_set): written
+    into a temporary sibling folder, then renamed into place; a failure or Ctrl-C leaves no partial set."""
+    from anchor_interp.atomic import write_file_set
+
+    json_file = {json_path: result.to_json().encode("utf-8")} if json_path is not None else {}
+    if report_path is not None:
+        from anchor_interp.report import write_report
+
+        write_report(result, report_path, overwrite=force, extra_files=json_file)
+    else:
+        write_file_set(json_file, overwrite=force)
+    if json_path is not None:
+        print(f"json: {json_path}")
+    if report_path is not None:
+        print(f"report: {report_path}")
 
 
 def _read_history(folder: Path) -> list[dict]:

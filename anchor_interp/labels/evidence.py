@@ -20,12 +20,14 @@ from torch import Tensor
 from anchor_interp.labels.records import Thresholds, clip01
 from anchor_interp.labels.roles import CausalEvidence, RoleEvidence, measure_roles
 from anchor_interp.scores.ablation import ablate, per_head_ablation
+from anchor_interp.scores.cache import clean_run
 from anchor_interp.scores.patterns import attention_patterns, is_causal, pattern_scores, task_pattern_scores
 from anchor_interp.scores.weights import (
     direct_logit_attribution,
     dla_share,
     ov_copying_score,
     qk_positional_preference,
+    weight_evidence_notes,
 )
 
 __all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "gather_evidence"]
@@ -75,8 +77,8 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
                     seed: int) -> ModelEvidence:
     """Measure every piece of evidence the rule reads, once. ``batch``/``task``: both or neither."""
     causal = is_causal(model)
-    with torch.no_grad():
-        pats = attention_patterns(model, tokens)  # (B, L, H, T, T)
+    logits, cache = clean_run(model, tokens)  # the one clean run every scorer below reads
+    pats = attention_patterns(model, tokens, cache=cache)  # (B, L, H, T, T)
     ps = pattern_scores(pats, causal)
     ts = task_pattern_scores(pats, batch.anchor_pos, batch.key_pos, causal) if batch is not None else None
     del pats
@@ -87,23 +89,27 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
     ov = ov_copying_score(model, token_ids)
     qk_offset, qk_score = qk_positional_preference(model)
     if batch is not None:
-        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal)
+        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal, (logits, cache))
     else:
-        causal_ev = _ablation_effects(model, tokens, method, seed)
+        causal_ev = _ablation_effects(model, tokens, method, seed, (logits, cache))
     heads = {}
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
+    notes = causal_ev["notes"] + weight_evidence_notes(model, token_ids)  # weight scores that do not apply
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         causal_ev["notes"], causal_ev.get("roles"))
+                         notes, causal_ev.get("roles"))
 
 
-def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool) -> dict:
-    """With a task: DLA share, per-head ablation accuracy drop, and every head's candidate roles."""
+def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean) -> dict:
+    """With a task: DLA share, per-head ablation accuracy drop, and every head's candidate roles.
+    ``clean``: (logits, cache) of the clean run."""
     notes: list[str] = []
     baseline: dict[str, float] = {}
-    dla = dla_share(direct_logit_attribution(model, tokens, batch.targets.clamp_min(0)))
-    abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed)
+    logits, cache = clean
+    dla = dla_share(direct_logit_attribution(model, tokens, batch.targets.clamp_min(0), cache=cache))
+    abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed, cache=cache,
+                            clean_logits=logits)
     base_acc = float(abl["base_accuracy"])
     baseline["accuracy"] = base_acc
     if base_acc >= MIN_BASE_ACCURACY:
@@ -120,12 +126,16 @@ def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, caus
             "group_metric": "accuracy_drop", "baseline": baseline, "notes": notes}
 
 
-def _ablation_effects(model, tokens, method, seed) -> dict:
-    """Without a task: each head's share of the KL of mean-ablating every head (the same for both roles)."""
+def _ablation_effects(model, tokens, method, seed, clean) -> dict:
+    """Without a task: each head's share of the KL of mean-ablating every head (the same for both roles).
+    ``clean``: (logits, cache) of the clean run."""
     cfg = model.cfg
-    abl = per_head_ablation(model, tokens, method=method, seed=seed, positions="all")
+    logits, cache = clean
+    abl = per_head_ablation(model, tokens, method=method, seed=seed, positions="all", cache=cache,
+                            clean_logits=logits)
     every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
-    kl_all = ablate(model, tokens, every, method=method, seed=seed, positions="all").kl
+    kl_all = ablate(model, tokens, every, method=method, seed=seed, positions="all", cache=cache,
+                    clean_logits=logits).kl
     share = (abl["kl"] / kl_all).clamp(0, 1) if kl_all > 1e-9 else torch.zeros_like(abl["kl"])
     return {"dla": None, "acc_drop": share, "effects": {"shift": share, "broadcast": share},
             "single_effect": share, "group_metric": "kl_share", "baseline": {"kl_all_heads": kl_all}, "notes": []}

@@ -38,7 +38,6 @@ from anchor_interp.labels.routes import (
     route_values,
     source_values,
 )
-from anchor_interp.names import head_name
 
 __all__ = ["N_BOOTSTRAP", "ROLE_KINDS", "CausalEvidence", "RoleEvidence", "measure_roles"]
 
@@ -235,12 +234,3 @@ def _strongest_per_role(roles: list[RoleEvidence]) -> list[RoleEvidence]:
         canon = next((r for r in rs if r.counterfactual == CANONICAL_KIND[role]), None)
         best.append(canon if canon is not None and top.effect - canon.effect < max(top.margin, canon.margin) else top)
     return sorted(best, key=lambda r: -r.effect)
-
-
-def describe(roles: list[RoleEvidence]) -> str:
-    """One line per head: ``"L0H3 shift(-1) 0.38 [0.33, 0.43]; copy 0.17"``-style summary of its roles."""
-    return "; ".join(f"{r.name()} {r.effect:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in roles)
-
-
-def head_label(layer: int, head: int) -> str:
-    return head_name(layer, head)

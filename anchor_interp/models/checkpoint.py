@@ -1,8 +1,13 @@
-"""Checkpoints: a folder with ``model.safetensors``, ``checkpoint.json`` and (to resume) ``optimizer.safetensors``.
+"""Checkpoints: a folder with ``checkpoint.json``, the weights and (to resume) the optimizer state.
 
-Layout and field names follow docs/interfaces.md. Every file is written to a temporary name in the
-same folder and renamed into place; ``checkpoint.json`` is written last and records the SHA-256 of
-the tensor files, so a folder whose tensors were truncated, corrupted or half-replaced is detected.
+Layout and field names follow docs/interfaces.md. A save is crash-safe: the tensor files are written
+under new names (``model.<step>.<hash>.safetensors``, ``optimizer.<step>.<hash>.safetensors``, each
+through a temporary file and a rename), then ``checkpoint.json``, which names them and records their
+SHA-256, replaces the old one by one atomic rename: the single commit point. Files the new
+``checkpoint.json`` does not name (the previous save's tensors, leftovers of an interrupted save,
+temporaries) are deleted only after that rename, so a process killed at any instant leaves either the
+previous complete checkpoint or the new one. Folders of format 1 (``model.safetensors``,
+``optimizer.safetensors``, e.g. the shipped zoo models) still load.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +25,14 @@ from torch import Tensor
 import anchor_interp
 from anchor_interp.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT_VERSION = 2  # 2: versioned tensor file names listed under "tensors"; 1: fixed names
+READ_VERSIONS = (1, 2)
+MODEL_FILE = "model.safetensors"  # the role "model" (the file name of format 1)
+OPTIMIZER_FILE = "optimizer.safetensors"  # the role "optimizer"
 META_FILE = "checkpoint.json"
+_ROLES = {MODEL_FILE: "model", OPTIMIZER_FILE: "optimizer"}
+# the files a save owns: tensor files of either format, and atomic_write_bytes' temporaries
+_OWNED = re.compile(r"^(?:(?:model|optimizer)(?:\.\d+\.[0-9a-f]+)?\.safetensors|\..+\.tmp)$")
 
 
 class CheckpointError(ValueError):
@@ -80,16 +90,16 @@ def save_checkpoint(
     from anchor_interp.models.adapter import config_to_dict
 
     folder = ensure_writable_dir(path)
-    tensors = params if params is not None else model_tensors(model)
-    model_bytes = _tensor_bytes(tensors)
-    atomic_write_bytes(folder / MODEL_FILE, model_bytes)
-    files = {MODEL_FILE: hashlib.sha256(model_bytes).hexdigest()}
+    _remove_unnamed(folder, keep=_named_files(folder))  # leftovers of an interrupted save
+    blobs = {"model": _tensor_bytes(params if params is not None else model_tensors(model))}
     if optimizer_tensors:
-        opt_bytes = _tensor_bytes(optimizer_tensors)
-        atomic_write_bytes(folder / OPTIMIZER_FILE, opt_bytes)
-        files[OPTIMIZER_FILE] = hashlib.sha256(opt_bytes).hexdigest()
-    elif (folder / OPTIMIZER_FILE).exists():
-        os.unlink(folder / OPTIMIZER_FILE)
+        blobs["optimizer"] = _tensor_bytes(optimizer_tensors)
+    names, files = {}, {}
+    for role, data in blobs.items():
+        digest = hashlib.sha256(data).hexdigest()
+        names[role] = f"{role}.{int(step)}.{digest[:16]}.safetensors"  # new content, new name
+        files[names[role]] = digest
+        atomic_write_bytes(folder / names[role], data)
     meta = {
         "format_version": FORMAT_VERSION,
         "package_version": anchor_interp.__version__,
@@ -103,12 +113,34 @@ def save_checkpoint(
         "n_train": n_train,
         "history": list(history or []),
         "resume": resume,
+        "tensors": names,
         "files": files,
     }
     if extra:
         meta.update(extra)
-    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1, allow_nan=True) + "\n")  # the commit
+    _remove_unnamed(folder, keep=set(files))
     return folder
+
+
+def _named_files(folder: Path) -> set[str] | None:
+    """The tensor files the folder's current checkpoint.json names; None when it has none readable
+    (then nothing but temporaries is removed before the save)."""
+    try:
+        return set(read_meta(folder)["files"])
+    except (CheckpointError, OSError):
+        return None
+
+
+def _remove_unnamed(folder: Path, keep: set[str] | None) -> None:
+    """Delete the files a save owns (tensor files, temporaries) that are not in ``keep``; with
+    ``keep=None`` only temporaries."""
+    for p in folder.iterdir():
+        if _OWNED.match(p.name) and (p.name.endswith(".tmp") or (keep is not None and p.name not in keep)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -127,22 +159,35 @@ def read_meta(path: str | os.PathLike) -> dict:
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{str(meta_path)!r} has no format_version: not an anchor_interp checkpoint")
     version = meta["format_version"]
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CheckpointError(
             f"{str(meta_path)!r} has format_version {version!r} (written by anchor_interp "
             f"{meta.get('package_version')}); this anchor_interp {anchor_interp.__version__} reads only "
-            f"format_version {FORMAT_VERSION}: retrain, or use the matching package version"
+            f"format_version {' and '.join(map(str, READ_VERSIONS))}: retrain, or use the matching package version"
         )
-    for key in ("model_config", "task", "files"):
+    for key in ("model_config", "task", "files") + (("tensors",) if version >= 2 else ()):
         if key not in meta:
             raise CheckpointError(f"{str(meta_path)!r} lacks the field {key!r}: corrupt checkpoint")
+    for key in ("files", "tensors"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"{str(meta_path)!r}: its field {key!r} is not an object: corrupt checkpoint")
     return meta
 
 
+def tensor_file(meta: dict, name: str) -> str:
+    """The file name holding ``name`` (``MODEL_FILE`` or ``OPTIMIZER_FILE``, the roles) in a checkpoint
+    of ``meta``: its versioned name (format 2), or ``name`` itself (format 1)."""
+    if "tensors" in meta:
+        return meta["tensors"].get(_ROLES.get(name, name), name)
+    return name
+
+
 def read_tensors(path: str | os.PathLike, name: str, meta: dict) -> dict[str, Tensor]:
-    """Load one tensor file of a checkpoint, verifying its SHA-256 against ``meta["files"]``."""
+    """Load one tensor file of a checkpoint (``name``: ``MODEL_FILE`` or ``OPTIMIZER_FILE``), verifying
+    its SHA-256 against ``meta["files"]``."""
     from safetensors.torch import load
 
+    name = tensor_file(meta, name)
     file = Path(path) / name
     expected = meta["files"].get(name)
     if expected is None:

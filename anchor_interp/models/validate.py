@@ -16,7 +16,7 @@ def check_tokens(model, tokens, name: str = "tokens") -> None:
     no longer than the model's ``n_ctx``."""
     if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(
-            f"{name}: expected an integer tensor of shape [batch, seq], got "
+            f"{name}: expected an integer tensor (a long tensor) of token ids, shape [batch, seq], got "
             f"{type(tokens).__name__} {getattr(tokens, 'shape', '')} {getattr(tokens, 'dtype', '')}"
         )
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:

@@ -10,10 +10,13 @@ Conventions (the same as ``transformer_lens.patching``, see docs/patching.md):
 - normalised values are ``(patched - corrupt) / (clean - corrupt)``: 1 = the patch restores the
   clean behaviour fully, 0 = no effect.
 
-Nothing here calls ``transformer_lens.patching``: all patched variants of one layer are stacked
+Nothing here calls ``transformer_lens.patching``. On models the engine computes
+(:func:`~anchor_interp.patching.engine.fast_path_problems` is empty): all patched variants of one layer are stacked
 along the batch dimension (chunked by ``max_batch``), each forward starts at the patched layer from
 cached activations, the last block computes only the last query row, and no gradients are kept.
-Only the hooks a sweep needs are cached.
+Only the hooks a sweep needs are cached. Any other
+HookedTransformer (rotary, shortformer, grouped-query, ...) takes :mod:`anchor_interp.patching.slow`:
+one ``run_with_hooks`` pass per chunk of patched variants, the same values.
 
 The package, in the order a call flows through it::
 
@@ -23,6 +26,7 @@ The package, in the order a call flows through it::
     sweep.py        one exact patching call: cached runs, baselines, batching of patched rows (Sweep)
     activation.py   patch_resid_pre, patch_head_out, patch_head_pattern
     path.py         path_patch (sender heads -> logits or receiver heads' q/k/v)
+    slow.py         the same sweeps on plain run_with_hooks, for models the engine does not compute
     attribution.py  gradient approximation, and its check against exact patching
     result.py       PatchResult
 

@@ -17,10 +17,11 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_interp.patching.engine import Rows, changed_rows
+from anchor_interp.patching.engine import Rows, changed_rows, fast_path_problems
 from anchor_interp.patching.inputs import layer_hooks
 from anchor_interp.patching.metrics import MetricFn
 from anchor_interp.patching.result import PatchResult
+from anchor_interp.patching.slow import slow_head_out, slow_head_pattern, slow_resid_pre
 from anchor_interp.patching.sweep import DEFAULT_MAX_BATCH, Sweep
 
 if TYPE_CHECKING:
@@ -56,8 +57,13 @@ def patch_resid_pre(
     ``metric`` is ``"logit_diff"`` (default for Batches with answers), ``"accuracy"``, ``"kl"``
     (default when the corrupted targets are -1, e.g. ``anchor_remove``) or a callable
     ``logits [batch, pos, d_vocab] -> scalar``. ``max_batch`` bounds the sequences per forward pass.
+    Models the patching engine does not compute (:func:`~anchor_interp.patching.engine.fast_path_problems`:
+    rotary, shortformer, grouped-query, ...) take the plain TransformerLens path (same values, slower).
     Raises ValueError for bad inputs (see docs/patching.md).
     """
+    if fast_path_problems(model):
+        return slow_resid_pre(model, clean, corrupt, metric, normalise=normalise, counterfactual=counterfactual,
+                                   max_batch=max_batch)
     names = layer_hooks(model, "resid_pre")
     n_layers = len(names)
     sw = Sweep(model, clean, corrupt, metric, counterfactual, names, names, max_batch)
@@ -138,8 +144,11 @@ def patch_head_out(
     """Patch each head's output ``blocks.L.attn.hook_z`` (all positions, or one position with ``by_pos``).
 
     Values [layer, head] or [layer, head, pos] (note: ``transformer_lens.patching`` puts pos before
-    head). Metric and errors as in :func:`patch_resid_pre`.
+    head). Metric, errors and the slow path as in :func:`patch_resid_pre`.
     """
+    if fast_path_problems(model):
+        return slow_head_out(model, clean, corrupt, metric, by_pos=by_pos, normalise=normalise,
+                                  counterfactual=counterfactual, max_batch=max_batch)
     z = layer_hooks(model, "z")
     sw = Sweep(model, clean, corrupt, metric, counterfactual, z, z + _resid_mid_names(model), max_batch)
     return _head_sweep(sw, lambda layer: sw.clean[z[layer]] - sw.corrupt[z[layer]], by_pos, "pos", "z", normalise)
@@ -159,8 +168,11 @@ def patch_head_pattern(
     """Patch each head's attention pattern ``blocks.L.attn.hook_pattern`` (all rows, or one ``dest_pos`` row).
 
     The patched head mixes the corrupted run's values with the clean run's pattern. Values
-    [layer, head] or [layer, head, dest_pos]. Metric and errors as in :func:`patch_resid_pre`.
+    [layer, head] or [layer, head, dest_pos]. Metric, errors and the slow path as in :func:`patch_resid_pre`.
     """
+    if fast_path_problems(model):
+        return slow_head_pattern(model, clean, corrupt, metric, by_pos=by_pos, normalise=normalise,
+                                      counterfactual=counterfactual, max_batch=max_batch)
     pat, vv, z = (layer_hooks(model, c) for c in ("pattern", "v", "z"))
     sw = Sweep(model, clean, corrupt, metric, counterfactual, pat, pat + vv + z + _resid_mid_names(model), max_batch)
 

@@ -30,26 +30,36 @@ from torch import Tensor
 from anchor_interp.models.blocks import layer_norm, masked_softmax, softmax_pattern
 from anchor_interp.names import ATTN_HOOKS, BLOCK_HOOKS, hook_name
 
-__all__ = ["ATTN_PARTS", "Engine", "Rows", "changed_rows", "check_model", "engine_for", "softmax_pattern"]
+__all__ = [
+    "ATTN_PARTS", "Engine", "Rows", "changed_rows", "check_hooked", "check_model", "engine_for", "fast_path_problems",
+    "softmax_pattern",
+]
 
 ATTN_PARTS = ("q", "k", "v", "pattern", "z")
 # the final block's activations that do not need every query row (its q is then the last row's only)
 _ROW_FREE = ("resid_pre", "k", "v", "q")
 
 
-def check_model(model: Any) -> None:
-    """Raise ValueError unless ``model`` is a HookedTransformer whose architecture this module computes.
-
-    Supported: standard (learned absolute) positional embeddings, pre-LayerNorm (LN, LNPre, RMS,
-    RMSPre or none), causal or bidirectional attention, with or without MLPs; not supported: rotary,
-    grouped-query, local attention, parallel attention+MLP, soft-capped scores, mixture of experts.
-    """
+def check_hooked(model: Any) -> None:
+    """Raise ValueError unless ``model`` looks like a TransformerLens HookedTransformer (any configuration)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "run_with_cache"):
         raise ValueError(
             f"model must be a TransformerLens HookedTransformer (with .cfg, .blocks, .run_with_cache), "
             f"got {type(model).__name__}"
         )
+
+
+def fast_path_problems(model: Any) -> list[str]:
+    """The config fields (``"name=value"``) that keep ``model`` off this engine; empty when it applies.
+
+    The engine computes standard (learned absolute) positional embeddings, pre-LayerNorm (LN, LNPre,
+    RMS, RMSPre or none), causal or bidirectional attention, with or without MLPs; not: rotary or
+    shortformer positions, grouped-query, local attention, parallel attention+MLP, soft-capped scores,
+    mixture of experts. Raises ValueError (:func:`check_hooked`) for something that is no HookedTransformer.
+    """
+    check_hooked(model)
+    cfg = model.cfg
     problems = []
     if getattr(cfg, "positional_embedding_type", "standard") != "standard":
         problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (need 'standard')")
@@ -71,9 +81,17 @@ def check_model(model: Any) -> None:
             problems.append(f"{name}={getattr(cfg, name)!r}")
     if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
         problems.append(f"attention_dir={cfg.attention_dir!r}")
+    return problems
+
+
+def check_model(model: Any) -> None:
+    """Raise ValueError unless ``model`` is a HookedTransformer whose architecture this engine computes
+    (:func:`fast_path_problems`). The public patching functions do not need this: for other
+    HookedTransformers they take the slower plain-TransformerLens path (:mod:`anchor_interp.patching.slow`)."""
+    problems = fast_path_problems(model)
     if problems:
         raise ValueError(
-            "model: anchor_interp.patching supports standard pre-LN HookedTransformers only; unsupported "
+            "model: the patching engine supports standard pre-LN HookedTransformers only; unsupported "
             "config: " + ", ".join(problems)
         )
 

@@ -14,8 +14,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import layer_hook_names
-from anchor_interp.patching.engine import check_model
+from anchor_interp.patching.engine import check_hooked
 
 __all__ = ["PatchInputs", "layer_hooks", "prepare_inputs"]
 
@@ -57,29 +58,19 @@ def _model_device(model) -> torch.device:
 def _as_tokens(x: Any, name: str, model) -> Tensor:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a Batch or a long tensor [batch, seq], got {type(x).__name__}")
-    if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{name}: expected a long tensor [batch, seq], got {x.dtype} of shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: the batch is empty; give at least one row")
-    if x.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"{name}: sequence length {x.shape[1]} exceeds the model's n_ctx={model.cfg.n_ctx}")
-    if x.min() < 0 or x.max() >= model.cfg.d_vocab:
-        raise ValueError(
-            f"{name}: token ids must lie in [0, {model.cfg.d_vocab}) (the model's d_vocab), "
-            f"got [{int(x.min())}, {int(x.max())}]"
-        )
+    check_tokens(model, x, name)  # the one token validator (anchor_interp.models.validate)
     return x.long().to(_model_device(model))
 
 
 def prepare_inputs(model: Any, clean: Any, corrupt: Any, counterfactual: str | None) -> PatchInputs:
-    """Check ``model`` (:func:`~anchor_interp.patching.engine.check_model`) and the clean/corrupted pair.
+    """Check ``model`` (:func:`~anchor_interp.patching.engine.check_hooked`) and the clean/corrupted pair.
 
     With Batches whose corrupted targets are all -1 and no ``counterfactual`` given, the counterfactual
     is ``"anchor_remove"``. Raises ValueError naming the parameter: an unsupported model, a Batch mixed
     with a tensor, non-integer tokens, ids outside ``[0, d_vocab)``, sequences longer than ``n_ctx``, an
     empty batch, targets that are not long [batch], or clean/corrupt of different shapes.
     """
-    check_model(model)
+    check_hooked(model)
     if _is_batch(clean) != _is_batch(corrupt):
         raise ValueError(
             "clean/corrupt: give two Batches (task.sample + task.counterfactual) or two token tensors, not a mix"

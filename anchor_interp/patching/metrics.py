@@ -91,13 +91,30 @@ class Metric:
 
     def __call__(self, logits: Float[Tensor, "variant batch pos d_vocab"]) -> Float[Tensor, " variant"]:
         if self.fn is not None:
-            return torch.stack([torch.as_tensor(self.fn(lv)).reshape(()) for lv in logits]).to(logits.dtype)
+            return torch.stack([_scalar(self.fn(lv), lv.shape) for lv in logits]).to(logits.dtype)
         last = logits[:, :, -1]  # (V, B, d_vocab)
         if self.name == "logit_diff":
             return logit_diff(last, self.clean_targets, self.corrupt_targets)
         if self.name == "accuracy":
             return accuracy(last, self.clean_targets)
         return kl_from_clean(last, self.clean_logprobs)
+
+
+def _scalar(value, logits_shape) -> Tensor:
+    """A callable metric's value as a 0-d tensor; ValueError for anything that is not one number."""
+    try:
+        value = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"metric: a callable metric must return a scalar tensor, got {type(value).__name__}") from err
+    if value.numel() != 1:
+        raise ValueError(
+            f"metric: a callable metric must return one number per call (average over the batch), but it "
+            f"returned shape {tuple(value.shape)} for logits of shape {tuple(logits_shape)}; e.g. a per-row "
+            "metric needs .mean()"
+        )
+    if not (value.is_floating_point() or value.is_complex()):
+        value = value.double()
+    return value.reshape(())
 
 
 def resolve_metric(metric: str | MetricFn | None, inp: PatchInputs, d_vocab: int) -> tuple[str, MetricFn | None]:

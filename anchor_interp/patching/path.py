@@ -16,10 +16,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from anchor_interp.names import hook_name
-from anchor_interp.patching.engine import Rows, changed_rows, check_model
+from anchor_interp.patching.engine import Rows, changed_rows, fast_path_problems
 from anchor_interp.patching.inputs import layer_hooks
 from anchor_interp.patching.metrics import MetricFn
 from anchor_interp.patching.result import PatchResult
+from anchor_interp.patching.slow import slow_path_patch
 from anchor_interp.patching.sweep import DEFAULT_MAX_BATCH, Sweep
 
 if TYPE_CHECKING:
@@ -81,12 +82,17 @@ def path_patch(
     (before its ``ln1``); everything downstream of a receiver is recomputed. Senders in a layer at or
     above every receiver have no direct path: their value is the corrupted run's (0 when normalised).
     Metric and errors as in :func:`~anchor_interp.patching.activation.patch_resid_pre`; receivers that
-    are not ``"logits"`` or ``(layer, head, "q"|"k"|"v")`` in range raise ValueError.
+    are not ``"logits"`` or ``(layer, head, "q"|"k"|"v")`` in range raise ValueError. Models the engine
+    does not compute take the plain TransformerLens path (same values, slower); there, under grouped-query
+    attention (``n_key_value_heads``), only ``"q"`` receivers are allowed (ValueError otherwise).
     """
-    check_model(model)
+    slow_path = bool(fast_path_problems(model))
     cfg = model.cfg
     n_layers, H = cfg.n_layers, cfg.n_heads
     rec = _check_receivers(model, receivers)
+    if slow_path:
+        return slow_path_patch(model, clean, corrupt, rec, _receivers_json(receivers), metric,
+                                    normalise=normalise, counterfactual=counterfactual, max_batch=max_batch)
     z = layer_hooks(model, "z")
     if rec is None:
         start_name, start_layer = hook_name("resid_post", n_layers - 1), n_layers

@@ -24,12 +24,18 @@ from anchor_interp.patching.inputs import prepare_inputs
 from anchor_interp.patching.metrics import Metric, MetricFn, resolve_metric
 from anchor_interp.patching.result import PatchResult
 
-__all__ = ["DEFAULT_MAX_BATCH", "Sweep"]
+__all__ = ["DEFAULT_MAX_BATCH", "Sweep", "build_result", "check_max_batch"]
 
 DEFAULT_MAX_BATCH = 4096  # most sequences (patched variants x batch rows) in one forward pass
 
 # what Engine.final_rows / Engine.one_position_block read from the corrupted run, per layer
 _CONTEXT_HOOKS = ("resid_pre", "q", "k", "v")
+
+
+def check_max_batch(max_batch: Any) -> None:
+    """Raise ValueError unless ``max_batch`` is a positive int."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: must be a positive int (sequences per forward pass), got {max_batch!r}")
 
 
 class Sweep:
@@ -55,8 +61,7 @@ class Sweep:
         hooks_corrupt: Sequence[str],
         max_batch: int,
     ):
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch: must be a positive int (sequences per forward pass), got {max_batch!r}")
+        check_max_batch(max_batch)
         self.inp = prepare_inputs(model, clean, corrupt, counterfactual)
         self.metric_name, metric_fn = resolve_metric(metric, self.inp, model.cfg.d_vocab)
         self.engine = engine_for(model)
@@ -189,26 +194,37 @@ class Sweep:
 
         Raises ValueError when normalising and the clean and corrupted runs give the same metric
         (gap below 1e-9, or not finite)."""
-        values = values.detach().cpu()
-        if normalise:
-            gap = self.clean_value - self.corrupt_value
-            if not math.isfinite(gap) or abs(gap) < 1e-9:
-                raise ValueError(
-                    f"normalise: the clean and corrupted runs give the same {self.metric_name} "
-                    f"({self.clean_value:.6g} vs {self.corrupt_value:.6g}), so (patched - corrupt) / "
-                    "(clean - corrupt) is undefined; pass normalise=False, or use a counterfactual/metric "
-                    "that changes the model's answer"
-                )
-            values = (values - self.corrupt_value) / gap
-        return PatchResult(
-            values=values,
-            axes=tuple(axes),
-            hook_names=tuple(hook_names),
-            metric=self.metric_name,
-            counterfactual=self.inp.counterfactual,
-            normalised=normalise,
-            clean_value=self.clean_value,
-            corrupt_value=self.corrupt_value,
-            method="exact",
-            extra=dict(extra or {}),
-        )
+        return build_result(values, axes, hook_names, normalise, self.metric_name, self.clean_value,
+                            self.corrupt_value, self.inp.counterfactual, extra)
+
+
+def build_result(
+    values: Tensor, axes: Sequence[str], hook_names: Sequence[str], normalise: bool, metric_name: str,
+    clean_value: float, corrupt_value: float, counterfactual: str | None, extra: dict[str, Any] | None = None,
+) -> PatchResult:
+    """``values`` (raw metric per site) as an exact :class:`PatchResult`, normalised if ``normalise``
+    (shared by :class:`Sweep` and the plain-TransformerLens path). Raises ValueError when normalising
+    and the clean and corrupted runs give the same metric (gap below 1e-9, or not finite)."""
+    values = values.detach().cpu()
+    if normalise:
+        gap = clean_value - corrupt_value
+        if not math.isfinite(gap) or abs(gap) < 1e-9:
+            raise ValueError(
+                f"normalise: the clean and corrupted runs give the same {metric_name} "
+                f"({clean_value:.6g} vs {corrupt_value:.6g}), so (patched - corrupt) / "
+                "(clean - corrupt) is undefined; pass normalise=False, or use a counterfactual/metric "
+                "that changes the model's answer"
+            )
+        values = (values - corrupt_value) / gap
+    return PatchResult(
+        values=values,
+        axes=tuple(axes),
+        hook_names=tuple(hook_names),
+        metric=metric_name,
+        counterfactual=counterfactual,
+        normalised=normalise,
+        clean_value=clean_value,
+        corrupt_value=corrupt_value,
+        method="exact",
+        extra=dict(extra or {}),
+    )

@@ -6,7 +6,8 @@ drawn into its own element by ``CircuitsVis.render(elementId, CircuitsVis.Attent
 Props travel as JSON in ``<script type="application/json">`` blocks with ``<``, ``>`` and ``&``
 written as ``\\u003c`` / ``\\u003e`` / ``\\u0026``, so no data string (a token named ``</script>``,
 say) can end a script; every string shown as HTML goes through ``html.escape``. Matplotlib figures
-are embedded as PNG data and saved as PNG files next to the report. Files are written atomically.
+are embedded as PNG data and saved as PNG files next to the report. The file set is written all-or-nothing
+(:func:`anchor_interp.atomic.write_file_set`).
 
 Reading the report: docs/report.md.
 """
@@ -23,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from anchor_interp.atomic import atomic_write_bytes, atomic_write_text
+from anchor_interp.atomic import write_file_set
 from anchor_interp.names import head_name
 from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores
 
@@ -77,10 +78,15 @@ def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict | None 
 
 
 def write_report(
-    result: FindHeadsResult | dict, path: str | os.PathLike, *, overwrite: bool = False, figures: bool = True
+    result: FindHeadsResult | dict, path: str | os.PathLike, *, overwrite: bool = False, figures: bool = True,
+    extra_files: dict | None = None,
 ) -> Path:
     """Render ``result`` to a self-contained HTML file at ``path`` (and its PNG figures beside it).
 
+    All-or-nothing: everything is rendered in memory, written into a temporary sibling folder and only
+    then renamed into place (with ``overwrite``, the old report's files, including figures the new one
+    does not have, are renamed aside first and deleted after); see :func:`anchor_interp.atomic.write_file_set`.
+    ``extra_files`` (``{path: bytes}``, e.g. the result JSON) join the same set.
     Raises FileExistsError if the HTML or a PNG it would write exists and ``overwrite`` is False;
     ValueError if ``result`` is not a valid schema-1 result. Returns the HTML path.
     """
@@ -92,15 +98,17 @@ def write_report(
 
     d = res.to_dict()
     names = figure_names(d) if figures else []
+    targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in names] + [Path(p) for p in extra_files or {}]
     if not overwrite:  # check before drawing anything
-        targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in names]
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"would overwrite {', '.join(existing)}; pass overwrite=True (CLI: --force)")
     pngs = {name: figure_png(fig) for name, fig in result_figures(d).items()} if figures else {}
-    for name, data in pngs.items():
-        atomic_write_bytes(path.with_name(f"{path.stem}_{name}.png"), data, make_parents=True)
-    atomic_write_text(path, render_html(res, pngs), make_parents=True)
+    files = {path.with_name(f"{path.stem}_{name}.png"): data for name, data in pngs.items()}
+    files[path] = render_html(res, pngs).encode("utf-8")
+    files.update({Path(p): data for p, data in (extra_files or {}).items()})
+    stale = [p for p in report_paths(path).values() if p not in files] if overwrite else []
+    write_file_set(files, overwrite=overwrite, remove=stale)
     return path
 
 

@@ -33,12 +33,15 @@ from anchor_interp.scores.patterns import is_causal, pattern_scores
 
 __all__ = [
     "direct_logit_attribution",
+    "copy_ids",
     "dla_share",
+    "has_learned_positions",
     "ov_circuit",
     "ov_composition_copying",
     "ov_copying_score",
     "qk_positional_pattern",
     "qk_positional_preference",
+    "weight_evidence_notes",
 ]
 
 
@@ -55,18 +58,60 @@ def _token_ids(model, token_ids) -> Tensor:
 
 
 def ov_circuit(model, layer: int, head: int, token_ids=None) -> Float[Tensor, "src_token out_token"]:
-    """The direct OV circuit ``W_E[ids] W_V W_O W_U[:, ids]`` of one head (logits per source token).
+    """The direct OV circuit ``W_E[ids] W_V W_O W_U[:, out_ids]`` of one head (logits per source token).
 
-    Raises ValueError if ``layer``/``head`` are out of range or ``token_ids`` are not valid ids.
+    ``out_ids`` are the ``ids`` below the model's output vocabulary (``d_vocab_out``, which may be
+    smaller than ``d_vocab``), so the matrix is square exactly when every id is an output id.
+    Raises ValueError if ``layer``/``head`` are out of range, ``token_ids`` are not valid ids, or no id
+    is an output id.
     """
     _check_head(model, layer, head)
     ids = _token_ids(model, token_ids)
+    out_ids = ids[ids < _d_vocab_out(model)]
+    if len(out_ids) == 0:
+        raise ValueError(f"token_ids: none is below the model's output vocabulary d_vocab_out={_d_vocab_out(model)}")
     from anchor_interp.models.adapter import attn_weights, embed_weights
 
     w, emb = attn_weights(model, layer), embed_weights(model)
     with torch.no_grad():
         ov = w["W_V"][head] @ w["W_O"][head]  # (d_model, d_model)
-        return emb["W_E"][ids] @ ov @ emb["W_U"][:, ids]  # (n, d_model) @ (d_model, d_model) @ (d_model, n)
+        return emb["W_E"][ids] @ ov @ emb["W_U"][:, out_ids]  # (n, d) @ (d, d) @ (d, m)
+
+
+def _d_vocab_out(model) -> int:
+    from anchor_interp.models.adapter import embed_weights
+
+    return int(embed_weights(model)["W_U"].shape[1])
+
+
+def copy_ids(model, token_ids=None) -> Tensor | None:
+    """The ids OV copying is scored on: ``token_ids`` (default: the whole input vocabulary) that are also
+    output ids (``< d_vocab_out``); None when fewer than 2 remain (copying cannot be scored: see
+    :func:`weight_evidence_notes`). Raises ValueError on invalid ``token_ids``."""
+    ids = _token_ids(model, token_ids)
+    ids = ids[ids < _d_vocab_out(model)]
+    return ids if len(ids) >= 2 else None
+
+
+def has_learned_positions(model) -> bool:
+    """Whether the model has a learned absolute positional embedding ``W_pos`` (standard or shortformer
+    positions), which :func:`qk_positional_pattern` needs."""
+    from anchor_interp.models.adapter import embed_weights
+
+    return embed_weights(model)["W_pos"] is not None
+
+
+def weight_evidence_notes(model, token_ids=None) -> list[str]:
+    """One note per weight score that does not apply to ``model`` (its value is NaN)."""
+    notes = []
+    if copy_ids(model, token_ids) is None:
+        notes.append(f"ov_copying not scored: fewer than 2 of the scored token ids are output ids "
+                     f"(d_vocab_out={_d_vocab_out(model)}); its score is NaN")
+    if not has_learned_positions(model):
+        notes.append(f"qk_positional_shift not scored: positional_embedding_type="
+                     f"{getattr(model.cfg, 'positional_embedding_type', None)!r} has no learned positions W_pos; "
+                     "its score is NaN")
+    return notes
 
 
 def _copy_rate_score(M: Tensor) -> float:
@@ -81,13 +126,17 @@ def ov_copying_score(model, token_ids=None) -> Float[Tensor, "layer head"]:
     """Top-1 copy rate of each head's direct OV circuit, above chance, in [0, 1] (see module docstring).
 
     ``token_ids``: the source/output tokens to score (default: the whole vocabulary; for a task, its
-    key values). Raises ValueError on invalid ids.
+    key values). Only ids below ``d_vocab_out`` are scored; all NaN when fewer than 2 are (see
+    :func:`copy_ids`). Raises ValueError on invalid ids.
     """
     cfg = model.cfg
+    ids = copy_ids(model, token_ids)
+    if ids is None:
+        return torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     out = torch.zeros(cfg.n_layers, cfg.n_heads)
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
-            out[layer, head] = _copy_rate_score(ov_circuit(model, layer, head, token_ids))
+            out[layer, head] = _copy_rate_score(ov_circuit(model, layer, head, ids))
     return out
 
 
@@ -95,13 +144,16 @@ def ov_composition_copying(model, first: tuple[int, int], second: tuple[int, int
     """Copy score (same unit as :func:`ov_copying_score`) of ``W_E OV(first) OV(second) W_U``: a token moved
     by head ``first`` and then by head ``second`` (e.g. the mechanism model's shift then broadcast).
 
-    Raises ValueError if a head is out of range, ``first`` is not in an earlier layer, or ids are bad.
+    NaN when fewer than 2 ids are output ids (:func:`copy_ids`). Raises ValueError if a head is out of
+    range, ``first`` is not in an earlier layer, or ids are bad.
     """
     _check_head(model, *first)
     _check_head(model, *second)
     if first[0] >= second[0]:
         raise ValueError(f"first={first} must be in an earlier layer than second={second}")
-    ids = _token_ids(model, token_ids)
+    ids = copy_ids(model, token_ids)
+    if ids is None:
+        return float("nan")
     from anchor_interp.models.adapter import attn_weights, embed_weights
 
     a1, a2, emb = attn_weights(model, first[0]), attn_weights(model, second[0]), embed_weights(model)
@@ -112,8 +164,14 @@ def ov_composition_copying(model, first: tuple[int, int], second: tuple[int, int
 
 
 def qk_positional_pattern(model) -> Float[Tensor, "layer head dest_pos src_pos"]:
-    """The attention pattern each head would have on average tokens (see the module docstring)."""
+    """The attention pattern each head would have on average tokens (see the module docstring).
+
+    Raises ValueError for a model without learned absolute positions (``positional_embedding_type``
+    rotary, alibi, ...: :func:`has_learned_positions`)."""
     cfg = model.cfg
+    if not has_learned_positions(model):
+        raise ValueError(f"qk_positional_pattern: needs learned absolute positions (W_pos); the model has "
+                         f"positional_embedding_type={getattr(cfg, 'positional_embedding_type', None)!r}")
     T = cfg.n_ctx
     causal = is_causal(model)
     from anchor_interp.models.adapter import attn_scale, attn_weights, embed_weights, norm_module
@@ -133,7 +191,11 @@ def qk_positional_pattern(model) -> Float[Tensor, "layer head dest_pos src_pos"]
 
 
 def qk_positional_preference(model) -> tuple[Int[Tensor, "layer head"], Float[Tensor, "layer head"]]:
-    """(best offset, its shift score in [0, 1]) of each head's :func:`qk_positional_pattern`."""
+    """(best offset, its shift score in [0, 1]) of each head's :func:`qk_positional_pattern`; (0, NaN) for
+    every head of a model without learned positions (:func:`has_learned_positions`)."""
+    if not has_learned_positions(model):
+        shape = (model.cfg.n_layers, model.cfg.n_heads)
+        return torch.zeros(shape, dtype=torch.long), torch.full(shape, float("nan"))
     scores = pattern_scores(qk_positional_pattern(model)[None], causal=is_causal(model))
     return scores.shift_offset, scores.shift
 

@@ -32,14 +32,15 @@ from anchor_interp.training.data import EPOCH_ORDER, FRESH_STEP, TEST_DATA, TRAI
 from anchor_interp.training.evaluate import evaluate_stacked
 from anchor_interp.training.forward import check_trainable_config, stacked_forward
 from anchor_interp.training.history import plot_history_png, write_history
-from anchor_interp.training.loop import train, train_many
+from anchor_interp.training.loop import DEFAULT_CHECKPOINT_EVERY_S, train, train_many
 from anchor_interp.training.optim import StackedAdamW
 from anchor_interp.training.recipe import PRECISIONS, RECIPES, Recipe, get_recipe
-from anchor_interp.training.result import TrainingDiverged, TrainResult
+from anchor_interp.training.result import TrainingDiverged, TrainingInterrupted, TrainResult
 from anchor_interp.training.resume import ResumeState
 from anchor_interp.training.stack import ckpt_cfg, stack_models
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_EVERY_S",
     "EPOCH_ORDER",
     "FRESH_STEP",
     "PRECISIONS",
@@ -51,6 +52,7 @@ __all__ = [
     "StackedAdamW",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "check_trainable_config",
     "ckpt_cfg",
     "derive_seed",

@@ -6,7 +6,8 @@
       while a model still trains:
         _step            one batch per stacked model: forward, loss, backward, clip, AdamW update
         _end_of_epochs   models whose epoch ended: evaluate, early stop, end of schedule, checkpoint
-        _checkpoint_all  at Ctrl-C, stop_after_step and every checkpoint_every_steps
+        _checkpoint_all  at Ctrl-C / SIGTERM, stop_after_step, every checkpoint_every_steps and every
+                         checkpoint_every_s seconds of wall time
         Stack.without    models that stopped leave the stack
       _finish            final checkpoints, weights copied into the models               -> [TrainResult]
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,13 @@ from anchor_interp.training.forward import check_trainable_config
 from anchor_interp.training.history import EpochSums, history_row
 from anchor_interp.training.optim import StackedAdamW
 from anchor_interp.training.recipe import Recipe, get_recipe
-from anchor_interp.training.result import TrainingDiverged, TrainResult
+from anchor_interp.training.result import TrainingDiverged, TrainingInterrupted, TrainResult
 from anchor_interp.training.resume import read_checkpoints, write_checkpoint
 from anchor_interp.training.stack import Frozen, Stack, ckpt_cfg, stack_models
 
-__all__ = ["Run", "train", "train_many"]
+__all__ = ["DEFAULT_CHECKPOINT_EVERY_S", "Run", "train", "train_many"]
+
+DEFAULT_CHECKPOINT_EVERY_S = 300.0  # a resumable checkpoint at least every 5 minutes of wall time
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Run:
     elapsed0: float = 0.0  # seconds trained before this call (a resumed run)
     t0: float = 0.0  # perf_counter() when this call's loop started
     last_good: int | None = None  # step of the last checkpoint written with finite losses
+    last_save_t: float = 0.0  # perf_counter() of the last checkpoint (or of the start)
     bar: Any = None  # the tqdm progress bar
 
     @property
@@ -103,6 +108,7 @@ def train_many(
     preset: str | None = None,
     stop_after_step: int | None = None,
     checkpoint_every_steps: int = 0,
+    checkpoint_every_s: float | None = DEFAULT_CHECKPOINT_EVERY_S,
     **recipe_overrides,
 ) -> list[TrainResult]:
     """Train k same-config HookedTransformers on ``task`` as one batched computation.
@@ -111,41 +117,53 @@ def train_many(
     set). ``out_dirs[i]``: checkpoint folder (history.csv, history.png, checkpoint files) or None.
     ``resume``: continue from the checkpoints in out_dirs (they must exist and match task, recipe and
     seed). ``stop_after_step``: save a checkpoint after that many steps and return (an interruption,
-    possibly mid-epoch). ``checkpoint_every_steps``: also checkpoint every that many steps.
+    possibly mid-epoch). ``checkpoint_every_steps``: also checkpoint every that many steps;
+    ``checkpoint_every_s``: also checkpoint when that many seconds of wall time passed since the last
+    save (default 300; None or 0: never).
     ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``; ``n_train`` may be a list
     with one training-set size per model (each model then keeps its own epochs, schedule position and
     evaluations; see docs/models.md). A model that stops (early stop, or the end of its schedule while
     others train on) leaves the batched computation.
     Raises ValueError on bad input (mismatched configs, unknown recipe, unwritable folder, resume of
-    another task), TrainingDiverged when a loss becomes non-finite, KeyboardInterrupt after saving a
-    resumable checkpoint at Ctrl-C (with out_dirs).
+    another task), TrainingDiverged when a loss becomes non-finite, TrainingInterrupted (a
+    KeyboardInterrupt) after saving a resumable checkpoint at Ctrl-C or SIGTERM (with out_dirs).
     """
     run = _start(models, task, recipe, seeds, out_dirs, device, preset, resume, recipe_overrides)
     if resume:
         read_checkpoints(run)
-    run.t0 = time.perf_counter()
+    run.t0 = run.last_save_t = time.perf_counter()
     run.last_good = run.step if resume else None
     run.bar = _progress_bar(run, progress)
     run.stack = run.stack.without(run.done)  # a resumed run: models frozen before the interruption leave
-    with _DeferredSigint(enabled=run.out_dirs is not None) as sigint:
+    with _DeferredSignals(enabled=run.out_dirs is not None) as signals:
         while run.stack.slots:
             lrs = _step(run)
             ended = [(j, i) for j, i in enumerate(run.stack.slots) if run.step % run.spe[i] == 0]
             if ended:
                 _end_of_epochs(run, ended, lrs, progress)
             # checkpoints and interruptions come after the epoch-end work, so a resumed run never skips it
-            interrupt = stop_after_step is not None and run.step >= stop_after_step
-            if sigint.received:  # Ctrl-C: save a resumable checkpoint between steps, then stop
-                _checkpoint_all(run)
-                run.bar.close()
-                raise KeyboardInterrupt(f"interrupted at step {run.step}" + (
-                    f"; resume with --resume from {[str(d) for d in run.out_dirs]}" if run.out_dirs is not None else ""))
-            if interrupt or (checkpoint_every_steps and run.step % checkpoint_every_steps == 0):
-                _checkpoint_all(run)
-            if interrupt:
+            if _checkpoints_due(run, signals.received, stop_after_step, checkpoint_every_steps, checkpoint_every_s):
                 return _finish(run, final=False)
             run.stack = run.stack.without(run.done)
         return _finish(run, final=True)
+
+
+def _checkpoints_due(run: Run, signum: int | None, stop_after_step, every_steps: int, every_s) -> bool:
+    """Write the checkpoints due after this step; True when the run stops here (stop_after_step).
+    Raises TrainingInterrupted after saving when a SIGINT / SIGTERM arrived (``signum``)."""
+    if signum is not None:  # Ctrl-C or SIGTERM: save a resumable checkpoint between steps, then stop
+        _checkpoint_all(run)
+        run.bar.close()
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        raise TrainingInterrupted(f"interrupted ({name}) at step {run.step}" + (
+            f"; resume with --resume from {[str(d) for d in run.out_dirs]}" if run.out_dirs is not None else ""),
+            signum=signum)
+    interrupt = stop_after_step is not None and run.step >= stop_after_step
+    by_time = (bool(every_s) and run.out_dirs is not None and not all(run.done)
+               and time.perf_counter() - run.last_save_t >= every_s)
+    if interrupt or by_time or (every_steps and run.step % every_steps == 0):
+        _checkpoint_all(run)
+    return interrupt
 
 
 def train(
@@ -161,13 +179,14 @@ def train(
     preset: str | None = None,
     stop_after_step: int | None = None,
     checkpoint_every_steps: int = 0,
+    checkpoint_every_s: float | None = DEFAULT_CHECKPOINT_EVERY_S,
     **recipe_overrides,
 ) -> TrainResult:
     """Train one HookedTransformer in place (see :func:`train_many`, which this calls with k = 1)."""
     return train_many(
         [model], task, recipe, seeds=[seed], out_dirs=None if out_dir is None else [out_dir], resume=resume,
         device=device, progress=progress, preset=preset, stop_after_step=stop_after_step,
-        checkpoint_every_steps=checkpoint_every_steps, **recipe_overrides,
+        checkpoint_every_steps=checkpoint_every_steps, checkpoint_every_s=checkpoint_every_s, **recipe_overrides,
     )[0]
 
 
@@ -367,6 +386,7 @@ def _checkpoint_all(run: Run) -> None:
     for i in range(len(run.models)):
         write_checkpoint(run, i, resumable=True)
     run.last_good = run.step
+    run.last_save_t = time.perf_counter()
 
 
 def _check_finite(run: Run) -> None:
@@ -410,31 +430,31 @@ def _finish(run: Run, final: bool) -> list[TrainResult]:
     return results
 
 
-class _DeferredSigint:
-    """While active (main thread only), Ctrl-C sets ``received`` instead of raising mid-step, so the
-    loop can finish the step, save a consistent checkpoint and then raise KeyboardInterrupt."""
+class _DeferredSignals:
+    """While active (main thread only), Ctrl-C (SIGINT) and SIGTERM set ``received`` (the signal number)
+    instead of stopping the process mid-step, so the loop can finish the step, save a consistent
+    checkpoint and then raise TrainingInterrupted. The handlers found are put back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool):
         import threading
 
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.received = False
-        self._old = None
+        self.received: int | None = None
+        self._old: dict = {}
 
     def __enter__(self):
         if self.enabled:
-            import signal
-
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.received = True
+        self.received = signum
 
     def __exit__(self, *exc):
-        if self.enabled:
-            import signal
-
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False

@@ -1,11 +1,21 @@
-"""What training returns (:class:`TrainResult`, one per model) and raises (:class:`TrainingDiverged`)."""
+"""What training returns (:class:`TrainResult`, one per model) and raises (:class:`TrainingDiverged`,
+:class:`TrainingInterrupted`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainResult", "TrainingDiverged"]
+__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a SIGINT (Ctrl-C) or SIGTERM after saving a resumable checkpoint;
+    ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, *, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,7 +1,7 @@
 """Checkpoints of a run in progress: what is written to resume it, and reading it back.
 
-A resumable checkpoint of model i is its folder ``out_dirs[i]`` with the weights (``model.safetensors``),
-the AdamW moments (``optimizer.safetensors``), the history so far and a :class:`ResumeState` under
+A resumable checkpoint of model i is its folder ``out_dirs[i]`` with the weights, the AdamW moments
+(tensor files named by ``checkpoint.json``, which a save replaces last; see models/checkpoint.py), the history so far and a :class:`ResumeState` under
 ``checkpoint.json["resume"]``. The data order of an epoch is a function of (seed, epoch), so weights,
 moments, step counters and the running epoch sums are the whole state: a resumed run, also one resumed
 mid-epoch, ends with the same bits as an uninterrupted one. A finished run's checkpoint has
@@ -73,14 +73,14 @@ def write_checkpoint(run: Run, i: int, *, resumable: bool) -> None:
         epoch_n=int(run.sums.n[i]), elapsed_s=run.elapsed(), frozen_step=step,
         frozen_optimizer_step=frozen_opt_step,
     )
+    if not resumable:  # before the commit: a finished checkpoint always has its history files
+        write_history(run.histories[i], run.out_dirs[i])
     ckpt.save_checkpoint(
         run.out_dirs[i], run.models[i], run.task, preset=run.preset, recipe=run.recs[i].to_dict(),
         seed=run.seeds[i], step=step, epoch=epoch, n_train=run.n_rows[i], history=run.histories[i],
         params=params, optimizer_tensors=opt if resumable else None,
         resume=dataclasses.asdict(state) if resumable else None,
     )
-    if not resumable:
-        write_history(run.histories[i], run.out_dirs[i])
 
 
 def read_checkpoints(run: Run) -> None:

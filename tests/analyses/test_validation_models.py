@@ -42,11 +42,12 @@ def test_toy_run_skips_finished_and_writes_summary(vm, tmp_path, capsys):
     folder = tmp_path / "identity__small__seed0"
     meta = json.loads((folder / "checkpoint.json").read_text())
     assert meta["resume"] is None and meta["epoch"] == 1 and meta["recipe"]["data"] == "fresh"
-    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    weights = folder / meta["tensors"]["model"] if "tensors" in meta else folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
     capsys.readouterr()
     assert vm.main(argv) == 0
     assert "already trained, skipped" in capsys.readouterr().out
-    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert weights.stat().st_mtime_ns == stamp
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [(r["name"], r["task"], r["preset"], r["seed"], r["epochs"]) for r in rows] == [
         ("identity__small__seed0", "identity", "small", "0", "1")]

@@ -15,6 +15,7 @@ from anchor_interp.models.checkpoint import (
     load_checkpoint,
     read_meta,
     save_checkpoint,
+    tensor_file,
 )
 from anchor_interp.tasks import make_task
 
@@ -39,8 +40,10 @@ def test_round_trip(saved, identity_task):
     meta = read_meta(path)
     assert meta["seed"] == 3 and meta["step"] == 10 and meta["history"][0]["test_acc"] == 0.5
     assert meta["model_config"]["d_model"] == 32 and meta["task"] == identity_task.to_dict()
-    assert meta["package_version"] and meta["format_version"] == 1
-    assert sorted(p.name for p in path.iterdir()) == [META_FILE, MODEL_FILE]  # no temporary files left
+    assert meta["package_version"] and meta["format_version"] == 2
+    weights_file = tensor_file(meta, MODEL_FILE)
+    assert weights_file.startswith("model.10.") and weights_file.endswith(".safetensors")
+    assert sorted(p.name for p in path.iterdir()) == [META_FILE, weights_file]  # no temporary files left
 
 
 def test_task_mismatch(saved):
@@ -56,19 +59,23 @@ def test_vocab_or_length_mismatch(saved, identity_task):
         load_checkpoint(path, task=longer)
 
 
+def _weights(path):
+    return path / tensor_file(read_meta(path), MODEL_FILE)
+
+
 def test_truncated_weights(saved):
     path, _ = saved
-    data = (path / MODEL_FILE).read_bytes()
-    (path / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    data = _weights(path).read_bytes()
+    _weights(path).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
 
 
 def test_corrupt_weights_same_length(saved):
     path, _ = saved
-    data = bytearray((path / MODEL_FILE).read_bytes())
+    data = bytearray(_weights(path).read_bytes())
     data[-5] ^= 0xFF
-    (path / MODEL_FILE).write_bytes(bytes(data))
+    _weights(path).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
 
@@ -86,7 +93,7 @@ def test_incompatible_version(saved):
     meta = json.loads((path / META_FILE).read_text())
     meta["format_version"] = 99
     (path / META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="format_version 99.*reads only format_version 1"):
+    with pytest.raises(CheckpointError, match="format_version 99.*reads only format_version 1 and 2"):
         load_checkpoint(path)
 
 
@@ -129,4 +136,33 @@ def test_optimizer_state_round_trip(tmp_path, identity_task, saved):
     assert torch.equal(read_tensors(path, OPTIMIZER_FILE, meta)["exp_avg.embed.W_E"], opt["exp_avg.embed.W_E"])
     # a finished save over a resumable folder drops the optimizer state
     save_checkpoint(path, model, identity_task)
-    assert not (path / OPTIMIZER_FILE).exists() and read_meta(path)["resume"] is None
+    assert read_meta(path)["resume"] is None and "optimizer" not in read_meta(path)["tensors"]
+    assert sorted(p.name for p in path.iterdir()) == sorted([META_FILE, tensor_file(read_meta(path), MODEL_FILE)])
+
+
+def test_format_1_folder_loads_and_is_replaced_by_a_save(tmp_path, identity_task):
+    """Today's zoo folders (model.safetensors named in checkpoint.json) load unchanged; a save into such a
+    folder commits versioned files and only then removes the old ones."""
+    import shutil
+
+    from anchor_interp.models import zoo
+
+    folder = tmp_path / "old"
+    shutil.copytree(zoo.path("default"), folder)
+    assert read_meta(folder)["format_version"] == 1
+    model, task = load_checkpoint(folder)
+    save_checkpoint(folder, model, task, step=5)
+    meta = read_meta(folder)
+    assert not (folder / MODEL_FILE).exists() and tensor_file(meta, MODEL_FILE).startswith("model.5.")
+    again, _ = load_checkpoint(folder)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), model.parameters(), strict=True))
+
+
+def test_leftovers_of_an_interrupted_save_are_removed_by_the_next(saved, identity_task):
+    path, model = saved
+    (path / ".model.safetensors.abc123.tmp").write_bytes(b"half")
+    (path / "model.11.0123456789abcdef.safetensors").write_bytes(b"never committed")
+    (path / "notes.txt").write_text("mine")
+    save_checkpoint(path, model, identity_task, step=12)
+    names = sorted(p.name for p in path.iterdir())
+    assert names == sorted([META_FILE, "notes.txt", tensor_file(read_meta(path), MODEL_FILE)])

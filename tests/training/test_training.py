@@ -116,7 +116,7 @@ def test_resume_mid_epoch_gives_identical_weights(identity_task, tmp_path, recip
                    stop_after_step=6, **TINY)  # step 6 = middle of epoch 2 (4 steps per epoch)
     assert r_part.step == 6
     meta = read_meta(tmp_path / "run")
-    assert meta["resume"]["global_step"] == 6 and (tmp_path / "run" / "optimizer.safetensors").exists()
+    assert meta["resume"]["global_step"] == 6 and (tmp_path / "run" / meta["tensors"]["optimizer"]).exists()
     fresh = tiny_model(identity_task, seed=99)  # resumed weights come from the checkpoint, not this init
     r_res = train(fresh, identity_task, recipe, seed=1, progress=False, out_dir=tmp_path / "run", resume=True, **TINY)
     assert r_res.step == r_full.step == 12
@@ -237,34 +237,57 @@ def test_bad_input(identity_task, tmp_path):
         train(tiny_model(identity_task), make_task("identity", seq_len=12), seed=0)
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(identity_task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_a_resumable_checkpoint(identity_task, tmp_path, monkeypatch, sig):
     import signal
 
+    from anchor_interp.training import TrainingInterrupted
+
+    signum = getattr(signal, sig)
     # A process started in the background (nohup, some CI runners) inherits SIGINT ignored: start this
     # test from Python's usual handler, and put the inherited one back afterwards.
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mine = signal.default_int_handler if sig == "SIGINT" else signal.SIG_DFL
+    inherited = signal.signal(signum, mine)
     real = training.stacked_forward
     calls = {"n": 0}
 
     def interrupting(params, cfg, tokens):
         if torch.is_grad_enabled():
             calls["n"] += 1
-            if calls["n"] == 6:  # what Ctrl-C does during step 6: call the SIGINT handler
-                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            if calls["n"] == 6:  # what Ctrl-C / kill does during step 6: call the signal's handler
+                signal.getsignal(signum)(signum, None)
         return real(params, cfg, tokens)
 
     monkeypatch.setattr(training, "stacked_forward", interrupting)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at step 6"):
+    name = "Ctrl-C" if sig == "SIGINT" else "SIGTERM"
+    with pytest.raises(TrainingInterrupted, match=rf"interrupted \({name}\) at step 6") as info:
         train(tiny_model(identity_task), identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, **TINY)
+    assert info.value.signum == signum and isinstance(info.value, KeyboardInterrupt)
     assert read_meta(tmp_path)["resume"]["global_step"] == 6  # step 6 finished before stopping
-    restored = signal.signal(signal.SIGINT, inherited)
-    assert restored is signal.default_int_handler  # training put back the handler it found
+    restored = signal.signal(signum, inherited)
+    assert restored is mine  # training put back the handler it found
     monkeypatch.setattr(training, "stacked_forward", real)
     resumed = tiny_model(identity_task)
     train(resumed, identity_task, "fast", seed=2, progress=False, out_dir=tmp_path, resume=True, **TINY)
     full = tiny_model(identity_task)
     train(full, identity_task, "fast", seed=2, progress=False, **TINY)
     assert torch.equal(resumed.W_Q, full.W_Q) and torch.equal(resumed.W_U, full.W_U)
+
+
+@pytest.mark.parametrize("every_s, saved_at", [(1e-9, list(range(1, 12)) + [12]), (None, [12]), (3600.0, [12])])
+def test_checkpoints_by_wall_time(identity_task, tmp_path, monkeypatch, every_s, saved_at):
+    from anchor_interp.training import loop
+
+    steps, real = [], loop.write_checkpoint
+
+    def recording(run, i, *, resumable):
+        steps.append(run.step)
+        return real(run, i, resumable=resumable)
+
+    monkeypatch.setattr(loop, "write_checkpoint", recording)
+    train(tiny_model(identity_task), identity_task, "fast", seed=2, progress=False, out_dir=tmp_path,
+          checkpoint_every_s=every_s, **TINY)
+    assert steps == saved_at and training.DEFAULT_CHECKPOINT_EVERY_S == 300.0
 
 
 def _run_train_cli(argv):
