@@ -280,3 +280,22 @@ def test_route_evidence_falls_back_to_transformer_lens(extra):
     assert src.shape == (4, run.clean_ld.shape[0]) and torch.isfinite(src).all()
     assert set(routes) == {"L1.q", "L1.k", "L1.v", "logits"}
     assert all(torch.isfinite(v).all() for v in routes.values())
+
+
+def test_find_heads_with_a_task_on_a_rotary_grouped_query_model():
+    """find_heads (Python) end to end on a model the engine does not compute, whose output vocabulary is
+    the task's own: no traceback, a result with one record per head, and the notes say what was skipped.
+    (Untrained, so the competence gate withholds shift / broadcast labels.)"""
+    from anchor_interp.find_heads import find_heads
+    from anchor_interp.tasks import make_task
+
+    task = make_task("identity")
+    cfg = dict(n_layers=2, d_model=16, n_heads=4, d_head=4, n_ctx=task.seq_len, d_vocab=task.vocab_size,
+               attn_only=True, normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4,
+               n_key_value_heads=2, seed=0)
+    model = build_model(HookedTransformerConfig(**cfg))
+    res = find_heads(model, task, seed=0, n_samples=64, n_examples=1)
+    assert len(res.heads) == 8 and res.competence["solved"] is False
+    assert all(h["label"] == "neither" for h in res.heads)
+    assert any("rotary" in n for n in res.heads[0]["notes"])
+    assert set(res.patching) >= {"resid_pre/key_value"}
