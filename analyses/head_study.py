@@ -384,30 +384,39 @@ def _json_safe(x):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from anchor_interp.cli.args import _Parser, parse_nonneg_int, parse_pos_int
+
+    ap = _Parser(prog="head_study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", action="append", choices=SPECS, help="zoo spec(s) to study (default: both)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds (default 0-4)")
-    ap.add_argument("--epochs", type=int, default=None, help="override the spec's epochs (toy runs)")
-    ap.add_argument("--n-train", type=int, default=None, help="override the spec's training-set size")
-    ap.add_argument("--n-samples", type=int, default=500, help="held-out rows for labelling (default 500)")
+    ap.add_argument("--seeds", type=parse_nonneg_int("--seeds"), nargs="+", default=[0, 1, 2, 3, 4],
+                    help="distinct training seeds, each >= 0 (default 0-4)")
+    ap.add_argument("--epochs", type=parse_pos_int("--epochs"), default=None,
+                    help="override the spec's epochs (toy runs)")
+    ap.add_argument("--n-train", type=parse_pos_int("--n-train"), default=None,
+                    help="override the spec's training-set size")
+    ap.add_argument("--n-samples", type=parse_pos_int("--n-samples"), default=500,
+                    help="held-out rows for labelling (default 500)")
     ap.add_argument("--model-override", action="append", default=[], metavar="FIELD=JSON",
                     help='extra HookedTransformerConfig field, e.g. normalization_type=null (repeatable)')
     ap.add_argument("--recipe-override", action="append", default=[], metavar="FIELD=JSON",
                     help="extra recipe field, e.g. weight_decay=1.0 (repeatable)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     ap.add_argument("--force", action="store_true", help="overwrite existing results")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
+    ap.add_argument("--threads", type=parse_pos_int("--threads"), default=1,
+                    help="torch CPU threads (default 1: shared machine)")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         check_args(args)
-    except StudyError as e:
-        ap.exit(2, f"head_study.py: error: {e}\n")
+    except ValueError as e:  # StudyError, UsageError: one line, exit 2
+        ap.exit(2, f"head_study.py: error: {' '.join(str(e).split())}\n")
     return args
 
 
 def check_args(args) -> None:
-    """Raise StudyError for values argparse cannot check."""
+    """Raise StudyError / UsageError for values argparse cannot check."""
+    from anchor_interp.cli.args import RECIPE_FIELD_TYPES, check_known_fields, check_writable_folder
+
     if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
         raise StudyError(f"--seeds: give distinct ints >= 0, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
@@ -428,6 +437,7 @@ def check_args(args) -> None:
                 raise StudyError(f"--{flag.replace('_', '-')}: expected FIELD=JSON (e.g. weight_decay=1.0, "
                                  f"normalization_type=null), got {item!r}") from None
         setattr(args, flag, parsed)
+    check_known_fields(args.recipe_override, "--recipe-override", RECIPE_FIELD_TYPES, "recipe field")
     if args.threads < 1:
         raise StudyError(f"--threads: must be >= 1, got {args.threads}")
     specs = args.spec or list(SPECS)
@@ -436,10 +446,29 @@ def check_args(args) -> None:
         raise StudyError(f"--out: results exist ({', '.join(map(str, existing))}); use --force to overwrite")
     if args.out.exists() and not args.out.is_dir():
         raise StudyError(f"--out: {args.out} is a file, not a folder")
+    check_writable_folder(args.out, "--out")
+
+
+def check_model_overrides(overrides: dict) -> None:
+    """StudyError (one line naming the field) for a --model-override that is not a HookedTransformerConfig
+    field. Imports transformer_lens: call it after the torch-free checks, before any work."""
+    import dataclasses
+
+    from transformer_lens import HookedTransformerConfig
+
+    known = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
+    for name in overrides:
+        if name not in known:
+            raise StudyError(f"--model-override {name}: not a HookedTransformerConfig field")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        check_model_overrides(args.model_override)
+    except StudyError as e:
+        print(f"head_study.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     import torch
 
     from anchor_interp.models.checkpoint import atomic_write_text

@@ -29,10 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
     RECIPE_NAMES,
+    _Parser,
     add_device_argument,
+    check_distinct,
+    check_writable_folder,
     parse_field_value,
-    parse_field_values,
     parse_init_gamma,
+    parse_nonneg_int,
+    parse_or_exit,
+    parse_pos_int,
+    parse_recipe_values,
     resolve_cli_device,
 )
 
@@ -49,16 +55,20 @@ RUN_FIELDS = ("n_train", "seed", "test_acc", "best_test_acc", "train_acc", "trai
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="reproduce_identity_curve.py", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=("small", "paper", "mechanism"))
     ap.add_argument("--recipe", default="fast", choices=RECIPE_NAMES)
-    ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes N")
-    ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1) per N")
+    ap.add_argument("--sizes", type=parse_pos_int("--sizes"), nargs="+", default=list(DEFAULT_SIZES),
+                    help="distinct training-set sizes N, each >= 1")
+    ap.add_argument("--seeds", type=parse_pos_int("--seeds"), default=5,
+                    help="number of seeds per N, >= 1: seeds 0 .. seeds-1 (default 5)")
     ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|preset",
                     help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
                          "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
-    ap.add_argument("--epochs", type=int, help="shorter schedule: the recipe squeezed into this many epochs")
-    ap.add_argument("--eval-every", type=int, default=0,
+    ap.add_argument("--epochs", type=parse_pos_int("--epochs"),
+                    help="shorter schedule: the recipe squeezed into this many epochs")
+    ap.add_argument("--eval-every", type=parse_nonneg_int("--eval-every"), default=0,
                     help="held-out evaluation interval in epochs (0: only at the end; best_test_acc is then the final)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
     ap.add_argument("--tag", help="name of the output files (default: <preset>)")
@@ -67,9 +77,17 @@ def parse_args(argv=None):
     ap.add_argument("--together", action="store_true",
                     help="train every size and seed as one batched computation (meant for a GPU; on a CPU it is "
                          "no faster than one computation per size)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=parse_nonneg_int("--threads"), default=1,
+                    help="torch CPU threads (default 1; 0: torch's default)")
     ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
+    return parse_or_exit(ap, argv, checks=(_check_values,))
+
+
+def _check_values(args) -> None:
+    """The checks argparse cannot do (UsageError, one line), all before anything is written."""
+    check_distinct(args.sizes, "--sizes")
+    args.set = parse_recipe_values(args.set, "--set")
+    check_writable_folder(args.out, "--out")
 
 
 def squeezed_recipe(name: str, epochs: int | None, overrides: dict):
@@ -161,14 +179,14 @@ def main(argv=None) -> int:
     from anchor_interp.tasks import make_task
     from anchor_interp.training import train_many
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
-        overrides = parse_field_values(args.set, "--set")
-        recipe = squeezed_recipe(args.recipe, args.epochs, overrides)
+        recipe = squeezed_recipe(args.recipe, args.epochs, args.set)
         device = resolve_cli_device(args.device)
         out = ensure_writable_dir(args.out)
-    except (ValueError, argparse.ArgumentTypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     # held-out evaluation of k models on n_test sequences costs as much as an epoch at small N: by default
     # evaluate only at the end

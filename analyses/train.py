@@ -27,11 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
     RECIPE_NAMES,
     UsageError,
+    _Parser,
     add_device_argument,
+    check_distinct,
+    check_writable_folder,
     parse_field_values,
     parse_init_gamma,
     parse_nonneg_float,
     parse_nonneg_int,
+    parse_or_exit,
+    parse_pos_int,
+    parse_recipe_values,
     resolve_cli_device,
 )
 
@@ -41,15 +47,16 @@ META_FILE = "checkpoint.json"  # anchor_interp.models.checkpoint.META_FILE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="task name (anchor_interp.tasks.list_tasks()); default identity")
     ap.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter")
     ap.add_argument("--preset", choices=PRESETS, help="model preset (default small)")
     ap.add_argument("--recipe", choices=RECIPE_NAMES, help="training recipe (default fast)")
-    ap.add_argument("--seed", type=int, help="seed (default 0)")
-    ap.add_argument("--seeds", type=int, nargs="+", help="train several seeds together (overrides --seed)")
-    ap.add_argument("--n-train", type=int, help="training-set size N (recipe default: 1000)")
-    ap.add_argument("--epochs", type=int, help="number of epochs (passes over N sequences)")
+    ap.add_argument("--seed", type=parse_nonneg_int("--seed"), help="seed, >= 0 (default 0)")
+    ap.add_argument("--seeds", type=parse_nonneg_int("--seeds"), nargs="+",
+                    help="train several distinct seeds together (overrides --seed)")
+    ap.add_argument("--n-train", type=parse_pos_int("--n-train"), help="training-set size N (recipe default: 1000)")
+    ap.add_argument("--epochs", type=parse_pos_int("--epochs"), help="number of epochs (passes over N sequences)")
     ap.add_argument("--data", choices=("fixed", "fresh"), help="fixed N sequences (default) or fresh every step")
     ap.add_argument("--early-stop", type=float, metavar="ACC", help="stop at this held-out accuracy, e.g. 0.99")
     ap.add_argument("--init-gamma", type=parse_init_gamma, metavar="GAMMA|tl|preset",
@@ -70,13 +77,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=parse_nonneg_int("--threads"), default=1,
                     help="torch CPU threads (default 1: the same bits for the same seed; 0: torch's default)")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    for opt in ("set", "model_set", "task_param"):
-        try:
-            setattr(args, opt, parse_field_values(getattr(args, opt), "--" + opt.replace("_", "-")))
-        except argparse.ArgumentTypeError as e:
-            ap.error(str(e))
-    return args
+    return parse_or_exit(ap, argv)
+
+
+def _check_values(args) -> None:
+    """The checks argparse cannot do (UsageError, one line): distinct seeds, field=value items (--set: a
+    known recipe field with a value of its kind), a writable --out."""
+    check_distinct(args.seeds, "--seeds")
+    args.set = parse_recipe_values(args.set, "--set")
+    for opt in ("model_set", "task_param"):
+        setattr(args, opt, parse_field_values(getattr(args, opt), "--" + opt.replace("_", "-")))
+    check_writable_folder(args.out, "--out")
 
 
 def check_out(args) -> list[Path]:
@@ -178,6 +189,7 @@ def new_settings(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        _check_values(args)
         dirs = check_out(args)
         import torch
 
@@ -185,8 +197,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         task, preset, recipe, seeds, cfg = resumed_settings(args, dirs) if args.resume else new_settings(args)
         device = resolve_cli_device(args.device)
-    except (UsageError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return train_and_report(args, dirs, task, preset, recipe, seeds, cfg, device)
 

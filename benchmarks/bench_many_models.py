@@ -32,12 +32,19 @@ from pathlib import Path
 import torch
 
 from anchor_interp import training
-from anchor_interp.cli import parse_field_values
 from anchor_interp.models import count_parameters, make_model, model_config
 from anchor_interp.tasks import make_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
 from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
+
+from anchor_interp.cli.args import (  # noqa: E402
+    OneLineParser,
+    parse_output_file,
+    parse_pos_int,
+    parse_recipe_values,
+    run_main,
+)
 
 FIGURE_SIZES = tuple(range(200, 2301, 100))  # 22 sizes; 4000 x 10 x sum = 1.1e9 sequences
 FIGURE_SEEDS, FIGURE_EPOCHS = 10, 4000
@@ -122,20 +129,20 @@ def figure(task, cfg, recipe, sizes, seeds, epochs_short, recipe_set: dict) -> d
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="bench_many_models.py", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="paper", choices=["small", "paper", "mechanism"])
     ap.add_argument("--recipe", default="paper", choices=sorted(training.RECIPES))
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per model in part 1")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--figure-sizes", type=int, nargs="*", default=[200, 1200, 2300],
+    ap.add_argument("--ks", type=parse_pos_int("--ks"), nargs="+", default=[1, 4, 16])
+    ap.add_argument("--steps", type=parse_pos_int("--steps"), default=3, help="optimizer steps per model in part 1")
+    ap.add_argument("--reps", type=parse_pos_int("--reps"), default=3)
+    ap.add_argument("--figure-sizes", type=parse_pos_int("--figure-sizes"), nargs="*", default=[200, 1200, 2300],
                     help="training-set sizes run for part 2 (none: skip part 2)")
-    ap.add_argument("--figure-seeds", type=int, default=FIGURE_SEEDS)
-    ap.add_argument("--figure-epochs", type=int, default=1, help="epochs of the shortened schedule")
+    ap.add_argument("--figure-seeds", type=parse_pos_int("--figure-seeds"), default=FIGURE_SEEDS)
+    ap.add_argument("--figure-epochs", type=parse_pos_int("--figure-epochs"), default=1, help="epochs of the shortened schedule")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="Recipe field override, e.g. precision=bf16 (repeatable)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=parse_pos_int("--threads"), default=1)
+    ap.add_argument("--json", type=parse_output_file("--json"), default=None)
     ap.add_argument("--quick", action="store_true", help="toy size (< 60 s): d_model 32 small preset, k = 1, 4")
     args = ap.parse_args(argv)
     for name in ("steps", "reps", "figure_seeds", "figure_epochs", "threads"):
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
     if any(k < 1 for k in args.ks) or any(n < 1 for n in args.figure_sizes):
         ap.error("--ks and --figure-sizes must be positive ints")
     try:
-        recipe_set = parse_field_values(args.set, "--set")
+        recipe_set = parse_recipe_values(args.set, "--set")
         training.get_recipe(args.recipe, **recipe_set)
     except (ValueError, argparse.ArgumentTypeError) as e:
         ap.error(str(e))
@@ -177,4 +184,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="bench_many_models.py"))

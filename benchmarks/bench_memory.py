@@ -34,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
 from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
+from anchor_interp.cli.args import OneLineParser, parse_nonneg_int, parse_output_file, parse_pos_int, run_main  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("baseline", "find_heads", "ours:patch_head_out", "tl:patch_head_out", "ours:patch_resid_pre",
          "tl:patch_resid_pre")
@@ -160,11 +162,11 @@ def summarise_caches(rec: list[dict], full_per_row: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=64, help="rows of the patching sweeps")
-    ap.add_argument("--n-samples", type=int, default=0, help="find_heads --n-samples (0: its default)")
+    ap = OneLineParser(prog="bench_memory.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=parse_pos_int("--batch"), default=64, help="rows of the patching sweeps")
+    ap.add_argument("--n-samples", type=parse_nonneg_int("--n-samples"), default=0, help="find_heads --n-samples (0: its default)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", type=parse_output_file("--json"), default=None)
     ap.add_argument("--quick", action="store_true", help="< 60 s: our head-output sweep at batch 4 only")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -194,4 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="bench_memory.py"))

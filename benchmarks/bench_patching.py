@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
 from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
+from anchor_interp.cli.args import OneLineParser, parse_nonneg_int, parse_output_file, parse_pos_int, run_main  # noqa: E402
+
 os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: transformer_lens.patching's progress bar
 
 
@@ -172,19 +174,19 @@ def peak_memory(impl: str, sweep: str, batch: int, args) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="bench_patching.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["default", "random"], default="default")
-    p.add_argument("--batch", type=int, nargs="+", default=[64, 4])
+    p.add_argument("--batch", type=parse_pos_int("--batch"), nargs="+", default=[64, 4])
     p.add_argument("--sweeps", nargs="+", choices=["head_out_by_pos", "resid_pre"], default=["head_out_by_pos", "resid_pre"])
     p.add_argument("--corrupt", choices=["key_swap", "anchor_move", "resample"], default="key_swap",
                    help="how the corrupted batch is made (with a task; default key_swap)")
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--reps", type=parse_pos_int("--reps"), default=7)
+    p.add_argument("--threads", type=parse_pos_int("--threads"), default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_nonneg_int("--seed"), default=0)
     p.add_argument("--memory", action="store_true",
                    help="also measure each sweep's peak memory (rise of the peak RSS, in a fresh process; Linux)")
-    p.add_argument("--json", help="write the results here (temp file + rename)")
+    p.add_argument("--json", type=parse_output_file("--json"), help="write the results here (temp file + rename)")
     p.add_argument("--_memory-child", nargs=3, metavar=("IMPL", "SWEEP", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_child:
@@ -227,4 +229,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_main(main, prog="bench_patching.py"))

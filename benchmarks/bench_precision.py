@@ -16,7 +16,6 @@ Three measurements, each float32 against its alternative in the same run, median
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ from anchor_interp.tasks import make_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
 from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
+
+from anchor_interp.cli.args import OneLineParser, parse_output_file, parse_pos_int, run_main  # noqa: E402
 
 
 def _median_ms(fn, reps: int, inner: int) -> list[float]:
@@ -95,11 +96,11 @@ def preset_rows(preset: str, reps: int, over: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="bench_precision.py", description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["paper", "small"], choices=["small", "paper", "mechanism"])
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--reps", type=parse_pos_int("--reps"), default=7)
+    ap.add_argument("--threads", type=parse_pos_int("--threads"), default=1)
+    ap.add_argument("--json", type=parse_output_file("--json"), default=None)
     ap.add_argument("--quick", action="store_true", help="toy size (< 30 s): d_model 32 small preset, 2 reps")
     args = ap.parse_args(argv)
     if args.reps < 1:
@@ -121,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="bench_precision.py"))

@@ -11,12 +11,14 @@ ratios against two baselines measured in the same run:
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
+import sys
 import time
 
 import torch
+
+from anchor_interp.cli.args import OneLineParser, parse_pos_int, run_main  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
@@ -43,10 +45,10 @@ def python_loop_identity(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = OneLineParser(prog="bench_sampling.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=parse_pos_int("--n"), default=1_000_000)
+    ap.add_argument("--repeats", type=parse_pos_int("--repeats"), default=5)
+    ap.add_argument("--threads", type=parse_pos_int("--threads"), default=1)
     ap.add_argument("--tasks", default="identity,composition,reading_comprehension,multi_anchor_multi_interval")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="bench_sampling.py"))

@@ -38,6 +38,8 @@ from anchor_interp.tasks import make_task
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
 from _provenance import machine_line, write_json  # noqa: E402  (after the path fix)
 
+from anchor_interp.cli.args import OneLineParser, parse_output_file, parse_pos_int, run_main  # noqa: E402
+
 DEFAULT_CASES = ("paper:paper", "paper:quick", "paper:quick:precision=fp32,fused_adamw=False",
                  "paper:paper:precision=bf16,fused_adamw=True", "small:paper", "small:quick")
 
@@ -119,14 +121,14 @@ def run_case(preset: str, recipe: str, seed: int, target: float, cap_s: float, n
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="bench_training.py", description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="preset:recipe pairs")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; medians over them")
+    ap.add_argument("--seeds", type=parse_pos_int("--seeds"), nargs="+", default=[0], help="one run per seed; medians over them")
     ap.add_argument("--target", type=float, default=0.99, help="held-out accuracy to reach, in (0, 1]")
     ap.add_argument("--cap-s", type=float, default=240.0, help="stop a run after this many seconds")
-    ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None, help="write every run (with its accuracy trace) to this file")
+    ap.add_argument("--n-train", type=parse_pos_int("--n-train"), default=1000)
+    ap.add_argument("--threads", type=parse_pos_int("--threads"), default=1)
+    ap.add_argument("--json", type=parse_output_file("--json"), default=None, help="write every run (with its accuracy trace) to this file")
     ap.add_argument("--quick", action="store_true",
                     help="toy size (< 60 s): a d_model 32 small model, both recipes, cap 10 s")
     args = ap.parse_args(argv)
@@ -193,4 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="bench_training.py"))

@@ -15,7 +15,6 @@ and the ratios, and the load average printed with them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from anchor_interp.cli.args import OneLineParser, parse_pos_int, run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,10 +42,10 @@ def run_once(cmd: list[str], cwd: str) -> tuple[float, float]:
     return wall, cpu
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+def main(argv=None) -> int:
+    ap = OneLineParser(prog="find_heads_cli.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=parse_pos_int("--repeats"), default=5)
+    args = ap.parse_args(argv)
     py = sys.executable
     script = str(REPO / "analyses" / "find_heads.py")
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,4 +77,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="find_heads_cli.py"))
