@@ -134,6 +134,11 @@ code,.tokens{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 .note{color:#555;font-size:13px} .fail{color:#b91c1c;font-weight:600} .pass{color:#15803d}
 figure{margin:12px 0} figure img{max-width:100%} figcaption{font-size:13px;color:#555}
 .cv{min-height:40px}
+.verdict{font-size:16px;line-height:1.45;background:#f0f7ff;border-left:4px solid #2563eb;padding:8px 12px;margin:12px 0}
+#common-notes{margin:4px 0 8px;padding-left:20px}
+.table-wrap{overflow-x:auto;max-width:100%} #head-table td.note{min-width:180px}
+.cv div:has(> div > div > h4){flex:0 0 104px!important;max-width:104px!important;width:104px!important}
+.cv h4{position:static!important;font-size:12px!important;line-height:1.2;white-space:normal;overflow-wrap:anywhere}
 .layers{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:8px 20px}
 """
 
@@ -206,6 +211,7 @@ def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -
         "</head><body>",
         f"<h1>{_e(_title(d))}</h1>",
         _banner(d),
+        _verdict_section(d),
         _header(d),
         _accuracy_section(d),
         _heads_section(d),
@@ -284,6 +290,7 @@ def _accuracy_section(d: dict[str, Any]) -> str:
 
 def _heads_section(d: dict[str, Any]) -> str:
     heads = sorted(d.get("heads") or [], key=lambda h: (h.get("layer", 0), h.get("head", 0)))
+    common = _common_notes(d)
     rows = []
     for i, h in enumerate(heads):
         label = h.get("label") or "?"
@@ -291,7 +298,7 @@ def _heads_section(d: dict[str, Any]) -> str:
         scores = h.get("scores") or {}
         ks = key_scores(h)
         all_scores = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in scores.items())
-        notes = "; ".join(str(n) for n in h.get("notes") or [])
+        notes = "; ".join(str(n) for n in h.get("notes") or [] if str(n) not in common)
         roles = h.get("roles") or []
         main_i = next((j for j, r in enumerate(roles) if r.get("passes")), None)
         main = roles[main_i] if main_i is not None else None
@@ -329,7 +336,9 @@ def _heads_section(d: dict[str, Any]) -> str:
         "values, or the logits). A ~ after the label marks a borderline label (a score within its margin of a threshold, "
         "or a label that changes between batches); \"stable\" is the share of 5 batches giving the label. "
         "Pattern scores are in [0, 1]: 0 = what a uniform head gets. See docs/report.md.</p>",
-        f'<table id="head-table" class="sortable"><thead><tr>{head_row}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
+        *([f'<ul id="common-notes" class="note">{"".join(f"<li>{_e(n)}</li>" for n in common)}</ul>'] if common else []),
+        f'<div class="table-wrap"><table id="head-table" class="sortable"><thead><tr>{head_row}</tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table></div>',
     ]
     groups = d.get("groups") or []
     if groups:
@@ -465,3 +474,121 @@ def _footer(d: dict[str, Any]) -> str:
         "The full result is embedded below as JSON (script#find-heads-result) and can be re-rendered with "
         f"<code>anchor-find-heads --from-json RESULT.json --report OUT.html</code>.{' Timings: ' + _e(timing) if timing else ''}</p>"
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Verdict: one or two plain sentences at the top (template: docs/report.md, "Verdict").
+
+_ROUTE_RE = re.compile(r"->\s*(L(\d+)\s+(queries|keys|values)|logits)")
+
+
+def _no_task(d: dict[str, Any]) -> bool:
+    heads = d.get("heads") or []
+    return not (d.get("task") or {}).get("name") or any(
+        str(n).startswith("no task") for h in heads for n in h.get("notes") or [])
+
+
+def _places(offset: int) -> str:
+    n = abs(offset)
+    return f"{'one place' if n == 1 else f'{n} places'} {'right' if offset < 0 else 'left'}"
+
+
+def _route_target(heads: list[dict[str, Any]]) -> str:
+    """' into layer 1's keys' / ' to the logits' when every head's label role routes to the same place."""
+    targets = set()
+    for h in heads:
+        role = next((r for r in h.get("roles") or [] if r.get("passes")), None)
+        m = _ROUTE_RE.search(str((role or {}).get("route") or ""))
+        targets.add(None if m is None else ("logits" if m.group(1) == "logits" else (m.group(2), m.group(3))))
+    if len(targets) != 1 or None in targets:
+        return ""
+    t = targets.pop()
+    return " straight to the logits" if t == "logits" else f" into layer {t[0]}'s {t[1]}"
+
+
+def _names(heads: list[dict[str, Any]]) -> str:
+    return ", ".join(h["name"] + (" borderline" if h.get("borderline") else "") for h in heads)
+
+
+def _verdict_parts(d: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The verdict as ``(text, json_path)`` pieces; a piece with a path is one number from the JSON."""
+    heads = sorted(d.get("heads") or [], key=lambda h: (h.get("layer", 0), h.get("head", 0)))
+    index = {id(h): i for i, h in enumerate(d.get("heads") or [])}
+    comp, acc = d.get("competence") or {}, d.get("accuracy") or {}
+    no_task = _no_task(d)
+    parts: list[tuple[str, str | None]] = []
+    unsolved = not no_task and comp.get("solved") is False
+    if unsolved:
+        parts += [("The model does not solve the task: held-out accuracy ", None),
+                  (_fmt(comp.get("accuracy")), "competence.accuracy"), (" (unmasked) is below the floor ", None),
+                  (_fmt(comp.get("floor")), "competence.floor"), (". ", None)]
+        if not comp.get("allow_unsolved"):
+            return parts + [("No head is labelled.", None)]
+        parts.append(("Labels shown anyway (--allow-unsolved): ", None))
+    layers: dict[int, list[str]] = {}
+    for layer in sorted({h.get("layer", 0) for h in heads}):
+        in_layer = [h for h in heads if h.get("layer", 0) == layer]
+        phrases = []
+        for off in sorted({h["offset"] for h in in_layer if h.get("label") == "shift" and h.get("offset") is not None},
+                          key=lambda o: (abs(o), o)):
+            hs = [h for h in in_layer if h.get("label") == "shift" and h.get("offset") == off]
+            what = "the anchor's position" if not no_task else "attention"
+            phrases.append(f"{_count(hs)} shift {what} {_places(off)} ({_names(hs)}){_route_target(hs)}")
+        hs = [h for h in in_layer if h.get("label") == "broadcast"]
+        if hs:
+            phrases.append(f"{_count(hs)} broadcast {'the key ' if not no_task else ''}to the last position "
+                           f"({_names(hs)}){_route_target(hs)}")
+        hs = [h for h in in_layer if h.get("label") not in ("shift", "broadcast") and h.get("kind") == "copy"]
+        if hs:
+            phrases.append(f"{_count(hs)} copy the key ({_names(hs)}){_route_target(hs)}")
+        if phrases:
+            layers[layer] = phrases
+    if layers:
+        parts.append((" ".join(f"Layer {layer}: {'; '.join(p)}." for layer, p in layers.items()), None))
+    else:
+        parts.append(("No head is labelled shift, broadcast or copy.", None))
+    if no_task:
+        parts.append((" No task: labels come from attention patterns and ablation only "
+                      "(no accuracy, counterfactual or route evidence).", None))
+        return parts
+    if acc.get("overall") is not None:
+        parts += [(" Held-out accuracy ", None), (_fmt(acc.get("overall")), "accuracy.overall"), (" (unmasked)", None)]
+        if acc.get("n_masked") and acc.get("masked_accuracy") is not None:
+            parts += [(", ", None), (_fmt(acc.get("masked_accuracy")), "accuracy.masked_accuracy"),
+                      (" on the masked groups", None)]
+        parts.append((";", None))
+    labelled = [h for h in heads if (h.get("label") in ("shift", "broadcast") or h.get("kind") == "copy")
+                and h.get("stability") is not None]
+    if labelled:
+        worst = min(labelled, key=lambda h: h["stability"])
+        whole = worst["stability"] >= 1
+        parts += [(" every label stable on " if whole else " labels stable on at least ", None),
+                  (f"{worst['stability']:.0%}", f"heads.{index[id(worst)]}.stability"),
+                  (" of batches." if whole else f" of batches (least stable: {worst['name']}).", None)]
+    elif parts[-1][0] == ";":
+        parts[-1] = (".", None)
+    return parts
+
+
+def _count(hs: list[dict[str, Any]]) -> str:
+    return f"{len(hs)} head{'s' if len(hs) != 1 else ''}"
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """One or two plain sentences saying what the model does, generated from a result dict (docs/report.md)."""
+    return "".join(text for text, _ in _verdict_parts(result)).strip()
+
+
+def _verdict_section(d: dict[str, Any]) -> str:
+    body = "".join(f'<span data-json-path="{_e(p)}">{_e(t)}</span>' if p else _e(t) for t, p in _verdict_parts(d))
+    return f'<p id="verdict" class="verdict">{body.strip()}</p>'
+
+
+def _common_notes(d: dict[str, Any]) -> list[str]:
+    """Notes that every head carries (shown once above the head table instead of in every row)."""
+    heads = d.get("heads") or []
+    if len(heads) < 2:
+        return []
+    first = [str(n) for n in heads[0].get("notes") or []]
+    rest = [{str(n) for n in h.get("notes") or []} for h in heads[1:]]
+    return [n for n in dict.fromkeys(first) if all(n in s for s in rest)]
