@@ -146,37 +146,32 @@ def parse_init_gamma(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
 
-def parse_nonneg_int(name: str):
-    """A parser of integers >= 0 for the option ``name`` (ArgumentTypeError naming it otherwise)."""
+def parse_int_at_least(name: str, least: int):
+    """A parser of integers >= ``least`` for the option ``name`` (ArgumentTypeError naming it otherwise)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {least}, got {value}")
         return value
 
     return parse
+
+
+def parse_nonneg_int(name: str):
+    """A parser of integers >= 0 for the option ``name``."""
+    return parse_int_at_least(name, 0)
 
 
 _nonneg_int = parse_nonneg_int
 
 
 def parse_pos_int(name: str):
-    """A parser of integers >= 1 for the option ``name`` (ArgumentTypeError naming it otherwise)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
+    """A parser of integers >= 1 for the option ``name``."""
+    return parse_int_at_least(name, 1)
 
 
 def check_distinct(values, option: str) -> None:
