@@ -137,7 +137,7 @@ def analyse_heads(
     records = [decide(ev.heads[key], thresholds) for key in sorted(ev.heads)]
     baseline = dict(ev.baseline)
     if batch is not None:
-        gate = competence(model, batch, task)
+        gate = competence(model, batch, task, logits=ev.clean_logits)
         baseline.update(gate)
         stability = fold_labels(model, batch, task, ev, thresholds, seed=seed)
         for rec in records:

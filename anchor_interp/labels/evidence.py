@@ -71,6 +71,7 @@ class ModelEvidence:
     baseline: dict[str, float]
     notes: list[str] = field(default_factory=list)
     causal: CausalEvidence | None = None
+    clean_logits: Tensor | None = None  # (B, T, V): the one clean run of the rows
 
 
 def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds: Thresholds, method: str,
@@ -98,7 +99,7 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
     notes = causal_ev["notes"] + weight_evidence_notes(model, token_ids)  # weight scores that do not apply
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         notes, causal_ev.get("roles"))
+                         notes, causal_ev.get("roles"), logits)
 
 
 def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean) -> dict:

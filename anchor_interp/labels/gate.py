@@ -11,6 +11,7 @@ task; ``analyse_heads`` then withholds the shift / broadcast labels (docs/concep
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 __all__ = ["COMPETENCE_FLOOR", "MIN_ROWS", "competence", "unmasked_rows"]
 
@@ -37,12 +38,13 @@ def unmasked_rows(batch, task) -> tuple[object, list[str]]:
 
 
 @torch.no_grad()
-def competence(model, batch, task) -> dict:
+def competence(model, batch, task, logits: Tensor | None = None) -> dict:
     """Held-out accuracy of ``batch`` (argmax at the last position, rows with a target), the attainable
     accuracy (mean over rows of the largest target probability: 1 for a deterministic task), the floor
-    (``COMPETENCE_FLOOR`` x attainable) and ``solved`` (accuracy >= floor). Accuracies in [0, 1]."""
+    (``COMPETENCE_FLOOR`` x attainable) and ``solved`` (accuracy >= floor). Accuracies in [0, 1].
+    ``logits``: the model's logits on ``batch.tokens`` when the caller has already run it (B, T, V)."""
     valid = batch.targets >= 0  # (B,)
-    logits = model(batch.tokens)[:, -1]  # (B, V)
+    logits = (model(batch.tokens) if logits is None else logits)[:, -1]  # (B, V)
     acc = float((logits.argmax(-1) == batch.targets)[valid].float().mean()) if bool(valid.any()) else 0.0
     probs = task.target_probs(batch)  # (B, vocab)
     attainable = float(probs[valid].max(-1).values.mean()) if bool(valid.any()) else 1.0

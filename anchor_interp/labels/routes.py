@@ -79,6 +79,13 @@ def _logit_diff(logits: Tensor, good: Tensor, bad: Tensor) -> Tensor:
     return last.gather(1, good[:, None])[:, 0] - last.gather(1, bad[:, None])[:, 0]  # (B,)
 
 
+def _variant_logit_diffs(logits: Tensor, run: PairedRun, V: int) -> Tensor:
+    """Per-row logit differences (V, B) of ``V`` stacked variants of the corrupted rows: logits (V * B, T', vocab)."""
+    good = run.clean.targets.clamp_min(0).repeat(V)
+    bad = run.corrupt.targets.clamp_min(0).repeat(V)
+    return _logit_diff(logits, good, bad).float().view(V, -1)
+
+
 def _values(cache, layer: int, n_heads: int) -> Tensor:
     v = cache[hook_name("v", layer)]  # (B, T, H_kv, d_head)
     if v.shape[2] != n_heads:  # grouped-query attention: one value head per group of query heads
@@ -167,9 +174,7 @@ def _finish(model, run: PairedRun, layer: int, deltas: Float[Tensor, "variant ba
     engine = _engine(model)
     if engine is not None and not last_layer:  # the batched forward: later layers' last row only
         logits = engine.forward_from(layer, resid, after_attn=True, last_only=True)  # (V * B, 1, d_vocab_out)
-        good = run.clean.targets.clamp_min(0).repeat(V)
-        bad = run.corrupt.targets.clamp_min(0).repeat(V)
-        return _logit_diff(logits, good, bad).float().view(V, -1)
+        return _variant_logit_diffs(logits, run, V)
     mlp = mlp_module(model, layer)
     if mlp is not None:
         resid = resid + mlp(norm_module(model, layer, "ln2")(resid))
@@ -177,9 +182,7 @@ def _finish(model, run: PairedRun, layer: int, deltas: Float[Tensor, "variant ba
         logits = unembed_resid(model, final_norm(model)(resid))  # (V * B, 1, d_vocab_out)
     else:
         logits = model(resid, start_at_layer=layer + 1)  # (V * B, T, d_vocab_out)
-    good = run.clean.targets.clamp_min(0).repeat(V)
-    bad = run.corrupt.targets.clamp_min(0).repeat(V)
-    return _logit_diff(logits, good, bad).float().view(V, -1)
+    return _variant_logit_diffs(logits, run, V)
 
 
 def _engine(model):
