@@ -5,6 +5,7 @@
     checkpoint.py  trained model + task <-> checkpoint folder
     zoo.py         zoo name -> (model, task) shipped inside the package (zoo_data/)
     planted.py     models with hand-written weights whose heads' roles are known (ground truth)
+    reference.py   the authors' post-LN model in plain PyTorch (not a HookedTransformer; comparisons only)
 
 Importing this package is cheap (torch, no TransformerLens): building a model imports the adapter.
 """
@@ -14,6 +15,7 @@ from anchor_interp.models.presets import (
     PRESETS,
     Preset,
     apply_init_gamma,
+    apply_torch_init,
     check_config_for_task,
     count_parameters,
     make_model,
@@ -26,6 +28,7 @@ __all__ = [
     "PRESETS",
     "Preset",
     "apply_init_gamma",
+    "apply_torch_init",
     "check_config_for_task",
     "count_parameters",
     "make_model",

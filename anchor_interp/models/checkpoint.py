@@ -103,7 +103,8 @@ def save_checkpoint(
     meta = {
         "format_version": FORMAT_VERSION,
         "package_version": anchor_interp.__version__,
-        "model_config": config_to_dict(model.cfg),
+        "model_config": model.cfg.to_dict() if getattr(model.cfg, "arch", None) == "reference"
+        else config_to_dict(model.cfg),
         "preset": preset,
         "task": task.to_dict(),
         "recipe": recipe,
@@ -221,6 +222,23 @@ def _check_task(meta: dict, task, path) -> None:
         )
 
 
+def _model_of_config(d: dict, path) -> torch.nn.Module:
+    """A freshly built model of a checkpoint's ``model_config`` (a HookedTransformer, or a
+    ReferenceTransformer when ``arch`` is "reference"). Raises CheckpointError when it does not fit."""
+    from anchor_interp.models.adapter import build_model, config_from_dict
+
+    try:
+        if d.get("arch") == "reference":
+            from anchor_interp.models.reference import ReferenceConfig, ReferenceTransformer
+
+            return ReferenceTransformer(ReferenceConfig(**d))
+        return build_model(config_from_dict(d, device="cpu"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: its model_config does not fit this TransformerLens version: {e}"
+        ) from e
+
+
 def load_checkpoint(path: str | os.PathLike, task=None, *, device: str = "cpu"):
     """Load ``(model, task)`` from a checkpoint folder; the model is in eval mode on ``device``.
 
@@ -230,7 +248,6 @@ def load_checkpoint(path: str | os.PathLike, task=None, *, device: str = "cpu"):
     missing/truncated/corrupt folder, an incompatible format version, or a task mismatch.
     """
     from anchor_interp.models import resolve_device
-    from anchor_interp.models.adapter import build_model, config_from_dict
     from anchor_interp.tasks import Task
 
     meta = read_meta(path)
@@ -241,15 +258,9 @@ def load_checkpoint(path: str | os.PathLike, task=None, *, device: str = "cpu"):
             task = Task.from_dict(meta["task"])
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"checkpoint {str(path)!r}: its task {meta['task']!r} cannot be rebuilt: {e}") from e
-    try:
-        cfg = config_from_dict(meta["model_config"], device="cpu")
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: its model_config does not fit this TransformerLens version: {e}"
-        ) from e
     tensors = read_tensors(path, MODEL_FILE, meta)
     with torch.random.fork_rng(devices=[]):
-        model = build_model(cfg)
+        model = _model_of_config(meta["model_config"], path)
     expected = dict(model.named_parameters())
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -37,7 +37,7 @@ class Preset:
     attention_dir: str  # "causal" | "bidirectional"
     act_fn: str | None = "relu"
     normalization_type: str | None = "LN"
-    init_gamma: float | None = None  # default init scale (std = d_in ** -init_gamma); None = TransformerLens init
+    init_gamma: float | str | None = None  # std = d_in ** -init_gamma; None = TransformerLens init; "torch" = PyTorch's
     description: str = ""
 
     def config_fields(self) -> dict[str, Any]:
@@ -167,6 +167,26 @@ def apply_init_gamma(model: HookedTransformer, gamma: float, seed: int) -> None:
                 p.zero_()
 
 
+def apply_torch_init(model: HookedTransformer, seed: int) -> None:
+    """Re-initialise as PyTorch's defaults initialise the authors' model (spec section 4): embeddings
+    and positions N(0, 1); every weight matrix uniform in +-1/sqrt(d_in) (d_in as in
+    :func:`apply_init_gamma`); the unembedding bias uniform in +-1/sqrt(d_model); the other biases 0
+    (the authors' attention and MLP have none); norm weights 1."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            d_in = _fan_in(name, model.cfg)
+            if name.endswith(("W_E", "W_pos")):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif d_in is not None or name.endswith("b_U"):
+                bound = (d_in or model.cfg.d_model) ** -0.5
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+            elif name.endswith((".w", "ln_final.w")):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
 def make_model(
     preset_or_config: str | HookedTransformerConfig,
     task,
@@ -180,7 +200,8 @@ def make_model(
     ``preset_or_config``: a preset name from PRESETS or a HookedTransformerConfig (passed through,
     checked against the task). ``seed`` fixes the initial weights (the global torch RNG is left as it
     was). ``init_gamma``: a number: std = d_in ** -init_gamma for every weight matrix; None:
-    TransformerLens' GPT-2 init; "preset" (default): the preset's own choice (``Preset.init_gamma``:
+    TransformerLens' GPT-2 init; "torch": PyTorch's default init of the authors' model
+    (:func:`apply_torch_init`); "preset" (default): the preset's own choice (``Preset.init_gamma``:
     0.75 for ``paper``, None for the others; a config made by :func:`model_config` keeps its preset's
     choice through ``cfg.model_name``). ``device``: any name :func:`resolve_device` takes ("auto", "cpu",
     "cuda", "cuda:N", "mps").
@@ -203,15 +224,18 @@ def make_model(
     if init_gamma == "preset":
         name = preset_or_config if isinstance(preset_or_config, str) else cfg.model_name.removeprefix("anchor-")
         init_gamma = PRESETS[name].init_gamma if name in PRESETS else None
-    elif isinstance(init_gamma, str):
-        raise ValueError(f"init_gamma={init_gamma!r}: use a number, None (TransformerLens init) or 'preset'")
+    elif isinstance(init_gamma, str) and init_gamma != "torch":
+        raise ValueError(f"init_gamma={init_gamma!r}: use a number, None (TransformerLens init), 'torch' "
+                         "(PyTorch's default init) or 'preset'")
     dev = resolve_device(device)
     cfg.seed = None  # TransformerLens would reseed every global RNG; we seed locally instead
     cfg.device = "cpu"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(cfg)
-    if init_gamma is not None:
+    if init_gamma == "torch":
+        apply_torch_init(model, seed)
+    elif init_gamma is not None:
         apply_init_gamma(model, float(init_gamma), seed)
     model.eval()
     return model.to(dev) if dev.type != "cpu" else model

@@ -23,7 +23,10 @@ __all__ = ["check_trainable_config", "stacked_forward"]
 
 
 def check_trainable_config(cfg) -> None:
-    """Raise ValueError if the batched trainer does not implement this HookedTransformerConfig."""
+    """Raise ValueError if the batched trainer does not implement this HookedTransformerConfig (a
+    :class:`~anchor_interp.models.reference.ReferenceConfig` is always trainable)."""
+    if getattr(cfg, "arch", None) == "reference":
+        return
     problems = []
     if cfg.positional_embedding_type != "standard":
         problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (needs 'standard')")
@@ -103,8 +106,13 @@ def stacked_forward(
 
     ``params[name]`` has shape (k, *shape of the HookedTransformer parameter ``name``). Every matmul is
     one bmm over the model axis. The last layer is computed for the last query position only, which
-    leaves the scored logits unchanged.
+    leaves the scored logits unchanged. A reference model's config (``cfg.arch == "reference"``) runs
+    :func:`anchor_interp.models.reference.reference_stacked_forward` instead.
     """
+    if getattr(cfg, "arch", None) == "reference":
+        from anchor_interp.models.reference import reference_stacked_forward
+
+        return reference_stacked_forward(params, cfg, tokens)
     k, B, T = tokens.shape
     W_E = params["embed.W_E"]  # (k, V, d)
     V, d = W_E.shape[1], W_E.shape[2]

@@ -78,6 +78,8 @@ class Run:
     elapsed0: float = 0.0  # seconds trained before this call (a resumed run)
     t0: float = 0.0  # perf_counter() when this call's loop started
     last_good: int | None = None  # step of the last checkpoint written with finite losses
+    frozen_names: tuple[str, ...] = ()  # parameters matched by Recipe.freeze: never updated
+    on_eval: Any = None  # called as on_eval(model index, history row) after each held-out evaluation
     last_save_t: float = 0.0  # perf_counter() of the last checkpoint (or of the start)
     bar: Any = None  # the tqdm progress bar
 
@@ -109,6 +111,7 @@ def train_many(
     stop_after_step: int | None = None,
     checkpoint_every_steps: int = 0,
     checkpoint_every_s: float | None = DEFAULT_CHECKPOINT_EVERY_S,
+    on_eval=None,
     **recipe_overrides,
 ) -> list[TrainResult]:
     """Train k same-config HookedTransformers on ``task`` as one batched computation.
@@ -119,7 +122,8 @@ def train_many(
     seed). ``stop_after_step``: save a checkpoint after that many steps and return (an interruption,
     possibly mid-epoch). ``checkpoint_every_steps``: also checkpoint every that many steps;
     ``checkpoint_every_s``: also checkpoint when that many seconds of wall time passed since the last
-    save (default 300; None or 0: never).
+    save (default 300; None or 0: never). ``on_eval(i, row)``: called with model i's history row after
+    each of its held-out evaluations (e.g. to stream metrics to a file while a long run trains).
     ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``; ``n_train`` may be a list
     with one training-set size per model (each model then keeps its own epochs, schedule position and
     evaluations; see docs/models.md). A model that stops (early stop, or the end of its schedule while
@@ -129,6 +133,7 @@ def train_many(
     KeyboardInterrupt) after saving a resumable checkpoint at Ctrl-C or SIGTERM (with out_dirs).
     """
     run = _start(models, task, recipe, seeds, out_dirs, device, preset, resume, recipe_overrides)
+    run.on_eval = on_eval
     if resume:
         read_checkpoints(run)
     run.t0 = run.last_save_t = time.perf_counter()
@@ -262,7 +267,20 @@ def _start(models, task, recipe, seeds, out_dirs, device, preset, resume, overri
     return Run(models=models, task=task, recs=recs, seeds=list(seeds), out_dirs=out_dirs, preset=preset, dev=dev,
                n_rows=n_rows, spe=spe, total=[rec.epochs * s for s in spe], test=test, stack=stack,
                sums=EpochSums.zeros(k, dev), histories=[[] for _ in range(k)], done=[False] * k,
-               early=[False] * k, frozen={})
+               early=[False] * k, frozen={}, frozen_names=_frozen_names(rec, list(params)))
+
+
+def _frozen_names(rec: Recipe, names: list[str]) -> tuple[str, ...]:
+    """The parameter names ``rec.freeze`` matches; ValueError for a pattern that matches none."""
+    import fnmatch
+
+    out = []
+    for pat in rec.freeze:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hit:
+            raise ValueError(f"recipe freeze pattern {pat!r} matches no parameter; names are like {names[:4]}")
+        out += [n for n in hit if n not in out]
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +302,8 @@ def _step(run: Run) -> list[float]:
     for p in stack.params.values():
         p.grad = None
     loss_k.sum().backward()
+    for name in run.frozen_names:
+        stack.params[name].grad = None
     stack.opt.clip_()
     stack.opt.step(lr)
     run.step += 1
@@ -362,6 +382,8 @@ def _evaluate(run: Run, evals: list[tuple[int, int]], lrs: list[float], progress
         row = history_row(run.sums, i, epoch=run.step // run.spe[i], step=run.step, lr=lrs[j], held_out=held_out,
                           time_s=run.elapsed())
         run.histories[i].append(row)
+        if run.on_eval is not None:
+            run.on_eval(i, row)
         if rec.early_stop_acc is not None and (row["test_acc"] or 0.0) >= rec.early_stop_acc:
             _freeze(run, j, i, stopped_early=True)
     if progress:

@@ -25,6 +25,8 @@ class Recipe:
     more epochs; None = the cosine ends with the run). ``schedule_per``: "epoch" (lr changes once per epoch, as in the authors' code) or
     "step" (fractional epochs). ``data``: "fixed" (one training set of n_train sequences, reshuffled
     every epoch: what "training-set size" means in the paper) or "fresh" (new sequences every step).
+    ``freeze``: parameter-name patterns (fnmatch, e.g. ``"blocks.*.attn.b_*"``) that the optimiser never
+    updates (no gradient step, no weight decay), e.g. biases zeroed at initialisation and kept at zero.
     ``precision``: "fp32", or "bf16" (mixed precision: the training forward and backward run their
     matmuls in bfloat16 under ``torch.autocast``; weights, optimiser state, loss and every held-out
     evaluation stay float32, so reported accuracies are those of the saved float32 weights).
@@ -52,8 +54,14 @@ class Recipe:
     checkpoint_every: int = 0  # epochs; 0 = only at the end
     precision: str = "fp32"  # "fp32" or "bf16" (mixed: bf16 matmuls in training steps only)
     fused_adamw: bool = False  # torch's fused AdamW kernel: same formula, faster, last-bit differences
+    freeze: tuple[str, ...] | list[str] = ()  # fnmatch patterns of parameter names kept at their initial values
 
     def __post_init__(self):
+        if isinstance(self.freeze, str) or not all(isinstance(p, str) for p in self.freeze):
+            raise ValueError(f"recipe field freeze={self.freeze!r} is invalid; use a list of parameter-name "
+                             "patterns such as ['blocks.*.attn.b_*']")
+        object.__setattr__(self, "freeze", tuple(self.freeze))
+
         def bad(field_name, allowed):
             raise ValueError(f"recipe field {field_name}={getattr(self, field_name)!r} is invalid; {allowed}")
 
@@ -86,7 +94,9 @@ class Recipe:
             bad("precision", f"use one of {PRECISIONS} (bf16 = mixed precision for the training steps)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["freeze"] = list(self.freeze)  # as JSON writes it, so a saved recipe compares equal
+        return d
 
     def replace(self, **overrides) -> Recipe:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})

@@ -31,9 +31,12 @@ def stack_models(models: list) -> dict[str, Tensor]:
 def ckpt_cfg(cfg) -> dict:
     """The model config as written to a checkpoint, without device and seed: two models whose
     ``ckpt_cfg`` are equal can be stacked."""
-    from anchor_interp.models.adapter import config_to_dict
+    if getattr(cfg, "arch", None) == "reference":
+        d = cfg.to_dict()
+    else:
+        from anchor_interp.models.adapter import config_to_dict
 
-    d = config_to_dict(cfg)
+        d = config_to_dict(cfg)
     d.pop("device", None)
     d.pop("seed", None)
     return d
@@ -89,7 +92,7 @@ class Stack:
             return replace(self, slots=[])
         sel = torch.tensor(rows, dtype=torch.long, device=self.order.device)
         params = {n: t.detach()[sel].clone().requires_grad_(True) for n, t in self.params.items()}
-        opt = StackedAdamW(params, self.opt.r)
+        opt = StackedAdamW(params, self.opt.r, foreach=self.opt.foreach)
         for jj, j in enumerate(rows):
             opt.load_slice(jj, self.opt.state_slice(j))
         opt.step_count = self.opt.step_count

@@ -514,3 +514,28 @@ def test_per_model_learning_rates_in_one_update(identity_task):
             for n in ps:
                 torch.testing.assert_close(stacked[n][i], ps[n][0], atol=1e-7, rtol=1e-6, msg=n)
 
+
+
+def test_foreach_adamw_matches_the_loop(identity_task):
+    """The multi-tensor update (the GPU default) is the loop's formula: same weights to float rounding,
+    with one learning rate per model and with frozen parameters."""
+    from anchor_interp.training.optim import StackedAdamW
+
+    torch.manual_seed(0)
+    rec = get_recipe("fast", weight_decay=0.1, grad_clip=0.5)
+    base = {"a": torch.randn(3, 4, 5), "b": torch.randn(3, 7), "c": torch.randn(3, 2)}
+    outs = []
+    for foreach in (False, True):
+        params = {n: t.clone().requires_grad_(True) for n, t in base.items()}
+        opt = StackedAdamW(params, rec, foreach=foreach)
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            for n, p in params.items():
+                p.grad = None if n == "c" else torch.randn(p.shape, generator=g) * 3
+            norms = opt.clip_()
+            opt.step(torch.tensor([1e-2, 2e-2, 3e-2]) if step else 1e-2)
+        outs.append((norms, {n: p.detach().clone() for n, p in params.items()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for n in base:
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-6, atol=1e-7)
+    assert torch.equal(outs[1][1]["c"], base["c"])  # frozen: no grad, no step, no decay
