@@ -189,7 +189,8 @@ def train_stack(stack: dict, out: str, preset: str, epochs: int, precision: str,
     stop = max(epochs * math.ceil(r["n_train"] / 50) for r in runs)  # the paper recipe's batch is 50
     results = train_many(models, task, "paper", seeds=[r["seed"] for r in runs], n_train=[r["n_train"] for r in runs],
                          device=device, progress=False, precision=precision, fused_adamw=device != "cpu",
-                         stop_after_step=None if epochs >= 4000 else stop, on_eval=on_eval, **runs[0]["recipe"])
+                         stop_after_step=None if epochs >= 4000 else stop, on_eval=on_eval, eval_every=min(10, epochs),
+                         **runs[0]["recipe"])
     for f, r in zip(files, results, strict=True):
         f.write(json.dumps({"end": True, "epoch": r.epoch, "step": r.step, "stopped_early": r.stopped_early,
                             "wall_s": round(time.perf_counter() - t0, 2)}) + "\n")
@@ -249,14 +250,13 @@ def read_histories(folder: Path) -> dict[tuple[str, int, int, bool], list[dict]]
 
 
 def acc_at(rows: list[dict], epoch: int) -> float | None:
-    """Held-out accuracy at ``epoch`` (its evaluation then; a run that stopped early, at held-out 1.0,
-    keeps its last value); None when the run had not reached it."""
+    """Held-out accuracy at ``epoch`` (the last evaluation at or before it; a run that stopped early, at
+    held-out 1.0, keeps its last value); None when the run had not reached it."""
     evals = [r for r in rows if "test_acc" in r]
     early = any(r.get("stopped_early") for r in rows)  # stopped at held-out 1.0: that value stands after
     at = [r for r in evals if r["epoch"] <= epoch]
-    if not at or (at[-1]["epoch"] < epoch and not early):
-        return None
-    return at[-1]["test_acc"]
+    reached = early or any(r["epoch"] >= epoch for r in evals)
+    return at[-1]["test_acc"] if at and reached else None
 
 
 def summarise(folder: Path) -> dict:
@@ -307,7 +307,7 @@ def _table(summary: dict) -> str:
 def choose(summary: dict) -> str:
     """The HookedTransformer variant whose mean held-out accuracy is closest to the middle of the
     authors' published range at (N = 400, epoch 400) and (N = 600, epoch 100): the sum of absolute
-    distances; variants missing either point are skipped."""
+    distances. A run cut short before a comparison epoch counts with its last accuracy (said on stderr)."""
     best, best_d = None, math.inf
     for v, spec in VARIANTS.items():
         if spec["arch"] != "hooked":
@@ -315,15 +315,18 @@ def choose(summary: dict) -> str:
         d = 0.0
         for (n, e), (lo, hi) in AUTHORS.items():
             c = next((c for c in summary["cells"] if c["variant"] == v and c["n_train"] == n and not c["full"]), None)
-            m = c and c[f"at_{e}"]["mean"]
-            if m is None:
+            if c is None or c["last"]["mean"] is None:
                 d = math.inf
                 break
+            m = c[f"at_{e}"]["mean"]
+            if m is None:
+                m = c["last"]["mean"]
+                print(f"choose: {v} at N = {n} did not reach epoch {e}; its last accuracy counts", file=sys.stderr)
             d += abs(m - (lo + hi) / 2)
         if d < best_d:
             best, best_d = v, d
     if best is None:
-        raise SystemExit("choose: no HookedTransformer variant reached both comparison points")
+        raise SystemExit("choose: no HookedTransformer variant was trained at both N = 400 and N = 600")
     return best
 
 

@@ -63,7 +63,7 @@ def parse_args(argv=None):
                     help="distinct training-set sizes N, each >= 1")
     ap.add_argument("--seeds", type=parse_pos_int("--seeds"), default=5,
                     help="number of seeds per N, >= 1: seeds 0 .. seeds-1 (default 5)")
-    ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|preset",
+    ap.add_argument("--init-gamma", type=parse_init_gamma, default="preset", metavar="GAMMA|tl|torch|preset",
                     help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; "
                          "default 'preset': the preset's choice (0.75 for paper, TransformerLens' for the others)")
     ap.add_argument("--epochs", type=parse_pos_int("--epochs"),

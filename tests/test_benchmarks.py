@@ -84,3 +84,14 @@ def test_bench_patching_small_run(tmp_path):
     assert d["command"].startswith("python benchmarks/bench_patching.py --batch 4") and d["cpus"] >= 1
     assert [r["sweep"] for r in d["results"]] == ["head_out_by_pos", "resid_pre"]
     assert all(r["equal"] and r["max_abs_diff"] <= 1e-5 for r in d["results"])
+
+
+def test_bench_figure_gpu_quick(tmp_path):
+    """The GPU figure benchmark runs end to end (tiny, on the CPU) and its extrapolation is consistent."""
+    out = tmp_path / "fig.json"
+    assert load("bench_figure_gpu").main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]
+    assert r["models"] == 4 and r["total_steps"] == 4000 * 2
+    ex = load("bench_figure_gpu").extrapolate([200, 2600], 2.0, 1.0, 1, 4000)
+    # 16,000 steps with both models (2.0 s each), then 192,000 with one (1.0 s each)
+    assert ex == dict(total_steps=208_000, extrapolated_s=16_000 * 2.0 + 192_000 * 1.0, upper_bound_s=416_000.0)

@@ -74,14 +74,18 @@ RECIPE_FIELD_TYPES = {
     "weight_decay": "number", "grad_clip": "number|None", "beta1": "number", "beta2": "number",
     "adam_eps": "number", "n_train": "int", "n_test": "int", "data": "str", "eval_every": "int",
     "early_stop_acc": "number|None", "checkpoint_every": "int", "precision": "str", "fused_adamw": "bool",
+    "freeze": "patterns",
 }
 _KIND_WORDS = {"int": "an integer", "number": "a number", "number|None": "a number or None",
-               "bool": "true or false", "str": "a string"}
+               "bool": "true or false", "str": "a string",
+               "patterns": "comma-separated parameter-name patterns, e.g. blocks.*.b_*"}
 
 
 def _fits(value, kind: str) -> bool:
     if kind == "str":
         return True
+    if kind == "patterns":
+        return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
     if value is None:
@@ -133,18 +137,22 @@ def parse_recipe_values(items, option: str = "--set") -> dict:
         pairs = parse_field_values(items, option)
     except argparse.ArgumentTypeError as e:
         raise UsageError(str(e)) from None
-    return check_known_fields(pairs, option, RECIPE_FIELD_TYPES, "recipe field")
+    pairs = check_known_fields(pairs, option, RECIPE_FIELD_TYPES, "recipe field")
+    if "freeze" in pairs:  # "blocks.*.b_*,unembed.b_U" -> a list of patterns
+        pairs["freeze"] = [p for p in pairs["freeze"].split(",") if p]
+    return pairs
 
 
 def parse_init_gamma(text: str):
     """``--init-gamma`` values: a number (std = d_in^-gamma), ``tl`` (TransformerLens' default
-    initialisation: ``None``) or ``preset`` (the preset's own scale). Raises ArgumentTypeError otherwise."""
-    if text in ("preset", "tl"):
-        return None if text == "tl" else "preset"
+    initialisation: ``None``), ``torch`` (PyTorch's default init, as in the authors' code) or ``preset``
+    (the preset's own scale). Raises ArgumentTypeError otherwise."""
+    if text in ("preset", "tl", "torch"):
+        return None if text == "tl" else text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl' or 'preset'") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number (e.g. 0.75), 'tl', 'torch' or 'preset'") from None
 
 def parse_int_at_least(name: str, least: int):
     """A parser of integers >= ``least`` for the option ``name`` (ArgumentTypeError naming it otherwise)."""

@@ -21,7 +21,8 @@ class StackedAdamW:
     torch's fused AdamW kernel (the same formula in one pass over memory, about 6x faster per step on
     the 2-core CPU for the paper preset; results differ from the unfused update in the last bit).
 
-    ``foreach`` (default: on when the parameters are on a GPU): clipping and the per-model-learning-rate
+    ``foreach`` (default: on when the parameters are on a GPU and there are at most 1024 (parameter,
+    model) slices; beyond that, listing the slices costs more than the loop's launches): clipping and the per-model-learning-rate
     update run as torch's multi-tensor ``_foreach_*`` kernels over every (parameter, model) slice, a
     handful of kernel launches per step instead of several per parameter (a GPU step of small models
     is bound by launches). Same formula; results may differ from the loop in the last bit.
@@ -31,7 +32,8 @@ class StackedAdamW:
         self.params = params
         self.r = recipe
         first = next(iter(params.values()))
-        self.foreach = first.device.type == "cuda" if foreach is None else foreach
+        slices = first.shape[0] * len(params)  # (parameter, model) slices the multi-tensor kernels would take
+        self.foreach = (first.device.type == "cuda" and slices <= 1024) if foreach is None else foreach
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         self._step_count = 0
