@@ -31,6 +31,13 @@ def import_ray():
     return ray
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _stack_task(train_fn, runs: list[RunSpec], folder: str, opts: ExecOptions, threads: int) -> dict:
     """What a Ray worker runs: one torch thread (or ``threads``), then ``train_fn`` (train_stack)."""
     import torch
@@ -52,9 +59,12 @@ class RayBackend:
         self.started = False
         if not ray.is_initialized():
             if address is None:  # workers must import this anchor_interp, whatever is installed
-                root = str(Path(__file__).resolve().parents[2])
-                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-                ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                root, before = str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, before]))
+                try:  # the instance's processes inherit the environment now
+                    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                finally:
+                    _restore_env("PYTHONPATH", before)
             else:
                 ray.init(address=address, log_to_driver=False)
             self.started = True

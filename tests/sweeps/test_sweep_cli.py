@@ -73,36 +73,43 @@ def test_run_rerun_status_table_plot(tiny_done, tmp_path, capsys):
 
 
 def test_kill_9_mid_sweep_then_rerun_gives_the_same_table(tmp_path):
-    """A sweep process killed (SIGKILL) after its first checkpoints resumes from them: the same table.
-    (Killed between checkpoint writes, as almost always: a kill while the stack's checkpoints are being
-    written resumes them in two groups, equal to float tolerance only; docs/sweeps.md.)"""
+    """A sweep killed (SIGKILL) while two worker processes train its two stacks resumes from their checkpoints
+    and gives the table of an uninterrupted in-process run. (Killed between checkpoint writes, as almost
+    always: a kill while a stack's checkpoints are being written resumes them in two groups, equal to float
+    tolerance only; docs/sweeps.md.)"""
     text = tiny_text(name="killed", epochs=4, n_train="[200, 240]", batch_size=10, find_heads=False)
     f = tmp_path / "s.toml"
     f.write_text(text)
-    cmd = [sys.executable, str(ROOT / "analyses" / "sweep.py"), "run", str(f), "--workers", "1",
+    cmd = [sys.executable, str(ROOT / "analyses" / "sweep.py"), "run", str(f), "--max-stack", "2",
            "--checkpoint-every-steps", "5"]
-    p = subprocess.Popen([*cmd, "--out", str(tmp_path / "a")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([*cmd, "--workers", "2", "--out", str(tmp_path / "a")], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    step = 0
+    killed = False
     while time.monotonic() < deadline and p.poll() is None:
-        metas = list((tmp_path / "a" / "runs").glob("*/checkpoint.json"))
         try:
-            resumes = [json.loads(m.read_text())["resume"] for m in metas]
+            resumes = [json.loads(m.read_text())["resume"] for m in (tmp_path / "a" / "runs").glob("*/checkpoint.json")]
         except (OSError, ValueError):
             continue
-        steps = {r["global_step"] if r else None for r in resumes}
-        if len(resumes) == 4 and len(steps) == 1 and None not in steps and min(steps) >= 5:
-            step = resumes[0]["global_step"]
-            p.send_signal(signal.SIGKILL)
-            break
+        if len(resumes) == 4 and all(resumes):
+            steps = sorted(r["global_step"] for r in resumes)
+            if steps[0] == steps[1] and steps[2] == steps[3]:  # each stack's pair at one step (stacks may differ)
+                p.send_signal(signal.SIGKILL)
+                killed = True
+                break
         time.sleep(0.02)
     p.wait()
-    assert step > 0, "the sweep finished (or never checkpointed) before it could be killed"
+    assert killed, "the sweep finished (or never checkpointed) before it could be killed"
+    time.sleep(0.5)  # the workers die with their parent (PR_SET_PDEATHSIG): no checkpoint changes after
+    metas = sorted((tmp_path / "a" / "runs").glob("*/checkpoint.json"))
+    before = [m.stat().st_mtime_ns for m in metas]
+    time.sleep(0.7)
+    assert [m.stat().st_mtime_ns for m in metas] == before
     rows = json.loads((tmp_path / "a" / "manifest.json").read_text())["runs"]
     assert {r["status"] for r in rows} == {"running"}  # left behind by the killed process: stale locks
     assert sweep.main(["status", str(tmp_path / "a")]) == 0
-    assert sweep.main([*cmd[2:], "--out", str(tmp_path / "a")]) == 0  # resumes
-    assert sweep.main([*cmd[2:], "--out", str(tmp_path / "b")]) == 0  # uninterrupted
+    assert sweep.main([*cmd[2:], "--workers", "1", "--out", str(tmp_path / "a")]) == 0  # resumes
+    assert sweep.main([*cmd[2:], "--workers", "1", "--out", str(tmp_path / "b")]) == 0  # uninterrupted
     a, b = _table(tmp_path / "a" / "table.csv"), _table(tmp_path / "b" / "table.csv")
     assert [r["status"] for r in a] == ["done"] * 4
     assert a == b
