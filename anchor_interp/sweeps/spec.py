@@ -18,6 +18,7 @@ values under ``[axes]`` (their Cartesian product is the sweep) and what to run a
     [after]
     find_heads = true
 
+TOML has no null: in ``recipe_fields`` and ``model`` the string ``"none"`` stands for None.
 A run's id is a hash of its *resolved* training settings (:func:`run_id`): the task with every parameter,
 the architecture, preset, model overrides, the init scale as a number (or None), the full Recipe (with
 n_train and epochs) and the seed. Executor, device, threads and paths are not part of it.
@@ -226,6 +227,8 @@ def resolve_settings(raw: dict[str, Any], checked_models: set[str] | None = None
             raise SweepError(f"{k} = {raw[k]!r}: use an integer >= 1")
     if not isinstance(raw["squeeze"], bool):
         raise SweepError(f"squeeze = {raw['squeeze']!r}: use true (scale warm-up and cosine to epochs) or false")
+    for table in ("recipe_fields", "model"):  # TOML has no null: the string "none" stands for None
+        raw[table] = {k: None if isinstance(v, str) and v.lower() == "none" else v for k, v in raw[table].items()}
     try:
         check_known_fields(raw["recipe_fields"], "recipe_fields", RECIPE_FIELD_TYPES, "recipe field")
     except UsageError as e:
