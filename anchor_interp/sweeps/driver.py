@@ -109,6 +109,7 @@ def drive(folder: str | os.PathLike, stacks: list[Stack], backend: Backend, *, r
     summary = SweepSummary(folder)
     queue = deque(todo_stacks(folder, stacks, retry_failed))
     inflight: dict[Any, tuple[Stack, list[str], float]] = {}
+    held: set[str] = set()  # claimed by this process and not yet recorded
     beat = _Heartbeat(manifest)
     beat.start()
     try:
@@ -118,6 +119,7 @@ def drive(folder: str | os.PathLike, stacks: list[Stack], backend: Backend, *, r
                 if not manifest.claim(ids, st.id):
                     summary.held_elsewhere.extend(ids)
                     continue
+                held.update(ids)
                 with beat.lock:
                     beat.ids.update(ids)
                 by_id = {r.id: r for r in st.runs}
@@ -130,6 +132,7 @@ def drive(folder: str | os.PathLike, stacks: list[Stack], backend: Backend, *, r
                     reason = f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]
                     outcome = {i: {"status": "failed", "reason": reason, "metrics": {}, "labels": None} for i in ids}
                 manifest.finish(outcome)
+                held.difference_update(ids)
                 with beat.lock:
                     beat.ids.difference_update(ids)
                 summary.stacks_run += 1
@@ -137,9 +140,8 @@ def drive(folder: str | os.PathLike, stacks: list[Stack], backend: Backend, *, r
                 log(f"stack {st.id}: {len(ids)} run(s) in {time.perf_counter() - t_sub:.1f} s: "
                     + ", ".join(f"{states.count(s)} {s}" for s in ("done", "failed", "pending") if s in states))
     except BaseException:
-        running = [i for st, ids, _ in inflight.values() for i in ids]
-        if running:
-            manifest.release(running)
+        if held:
+            manifest.release(sorted(held))
         raise
     finally:
         beat.stop.set()

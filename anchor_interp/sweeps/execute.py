@@ -205,7 +205,7 @@ def _find_heads(r: RunSpec, d: Path, opts: ExecOptions):
     from anchor_interp.models.checkpoint import load_checkpoint
 
     a = opts.after
-    model, task = load_checkpoint(d, _task(r.settings))
+    model, task = load_checkpoint(d, _task(r.settings), device=opts.device)
     result = find_heads(model, task, seed=a.get("seed", 0), n_samples=a.get("n_samples", 128), n_examples=0,
                         patching=a.get("patching", False), ablation=a.get("ablation", False),
                         preset=r.settings["preset"], source=str(d), allow_unsolved=True)

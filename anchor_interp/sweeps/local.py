@@ -78,15 +78,25 @@ class ProcessPool:
     """Train stacks in ``workers`` spawned processes (one torch thread each by default)."""
 
     def __init__(self, folder: Path, opts: ExecOptions, workers: int, threads: int = 1):
+        self.folder, self.opts, self.window, self.threads = folder, opts, workers, threads
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.folder, self.opts, self.window = folder, opts, workers
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_die_with_parent, initargs=(threads,))
+        return ProcessPoolExecutor(self.window, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(self.threads,))
 
     def submit(self, runs: list[RunSpec]):
-        return self.pool.submit(train_stack, runs, self.folder, self.opts)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self.pool.submit(train_stack, runs, self.folder, self.opts)
+        except BrokenProcessPool:  # a worker was killed (e.g. out of memory): its stacks failed; go on with a new pool
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(train_stack, runs, self.folder, self.opts)
 
     def wait(self, handles: list) -> list[tuple[Any, dict | None, BaseException | None]]:
         from concurrent.futures import FIRST_COMPLETED, wait

@@ -4,7 +4,8 @@
 series per combination of the other settings (mean +- std over seeds, every seed as a dot), with the
 paper's identity-learning means (:data:`PAPER_IDENTITY`) overlaid when the task is ``identity``.
 ``labels_mosaic.png``: one row per finished run with a label summary (sorted by series, N, seed), one
-column per head (``L0H0``, ...): shift, broadcast or neither.
+column per head (``L0H0``, ...): shift, broadcast or neither; runs below find_heads' competence floor
+(labelled anyway) are marked ``*``.
 """
 
 from __future__ import annotations
@@ -120,9 +121,9 @@ def plot_labels_mosaic(rows: list[dict[str, Any]], title: str = "") -> bytes | N
     ax.imshow(grid, cmap=ListedColormap(list(LABEL_COLORS.values())), vmin=0, vmax=len(codes) - 1, aspect="auto",
               interpolation="nearest")
     ax.set_xticks(range(len(heads)), heads, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(lab)), [f"N={r['settings']['recipe']['n_train']} s{r['settings']['seed']}" for r in lab],
-                  fontsize=6)
-    ax.set_title(title or "head labels across runs", fontsize=9)
+    ax.set_yticks(range(len(lab)), [f"N={r['settings']['recipe']['n_train']} s{r['settings']['seed']}"
+                                    + ("" if r["labels"]["solved"] else " *") for r in lab], fontsize=6)
+    ax.set_title((title or "head labels across runs") + "\n(* below the competence floor)", fontsize=9)
     ax.legend(handles=[Patch(color=c, label=k) for k, c in LABEL_COLORS.items()], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,16 @@ def test_read_errors_are_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="cannot be read"):
         Manifest(tmp_path).read()
+
+
+def test_concurrent_writers_lose_no_update(manifest):
+    """Two processes each make 30 read-modify-writes of the same row: the flock keeps all 60."""
+    m, ids = manifest
+    code = ("import sys\nfrom anchor_interp.sweeps.manifest import Manifest\nm = Manifest(sys.argv[1])\n"
+            "def bump(rows):\n    r = rows[sys.argv[2]]['metrics']\n    r['n'] = r.get('n', 0) + 1\n"
+            "for _ in range(30):\n    m.update(bump)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(m.folder), ids[0]], env=env) for _ in range(2)]
+    assert [p.wait() for p in procs] == [0, 0]
+    assert m.rows()[0]["metrics"]["n"] == 60
