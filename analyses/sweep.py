@@ -86,6 +86,10 @@ def _check(args) -> None:
         if args.executor == "ray":
             from anchor_interp.sweeps.ray_executor import import_ray
 
+            if args.device.startswith("cuda") and not args.gpus_per_stack:
+                raise UsageError(f"--device {args.device} with --executor ray: give --gpus-per-stack (e.g. 1 or "
+                                 f"0.25) so that Ray gives each stack task a GPU")
+
             try:
                 import_ray()
             except ImportError as e:

@@ -26,6 +26,14 @@ def _table(path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in csv.DictReader(f)]
 
 
+def test_help_does_not_import_torch():
+    code = ("import runpy, sys\nsys.argv = ['sweep.py', 'run', '--help']\ntry:\n"
+            f"    runpy.run_path({str(ROOT / 'analyses' / 'sweep.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--max-stack" in out.stdout and out.stdout.strip().endswith("False")
+
+
 def test_expand_lists_runs_and_the_estimate(tmp_path, capsys):
     f = tmp_path / "s.toml"
     f.write_text(tiny_text())
@@ -41,6 +49,7 @@ def test_expand_lists_runs_and_the_estimate(tmp_path, capsys):
     (["run", "{ok}", "--out", "{ok}"], "exists and is not a folder"),
     (["run", "{ok}", "--workers", "0"], "--workers must be >= 1"),
     (["run", "{ok}", "--device", "tpu"], "--device 'tpu' is not a device"),
+    (["run", "{ok}", "--executor", "ray", "--device", "cuda"], "--device cuda"),
     (["status", "{dir}"], "is not a sweep folder"),
     (["table", "{dir}/nothing"], "is not a sweep folder"),
 ])
