@@ -21,7 +21,7 @@ from typing import Any
 
 from anchor_interp.sweeps.spec import RunSpec
 
-__all__ = ["ExecOptions", "build_models", "checkpoint_state", "label_summary", "run_dir", "run_metrics",
+__all__ = ["BUILDERS", "ExecOptions", "build_models", "checkpoint_state", "label_summary", "run_dir", "run_metrics",
            "train_stack"]
 
 
@@ -51,23 +51,35 @@ def _task(settings: dict[str, Any]):
     return make_task(settings["task"]["name"], **settings["task"]["params"])
 
 
-def build_models(runs: list[RunSpec]) -> list:
-    """The freshly initialised models of ``runs`` (on the CPU), one per run, from their settings alone.
-
-    Dispatches on ``settings["arch"]``: ``"hooked"``: a HookedTransformer of ``preset`` with the ``model``
-    overrides (:func:`anchor_interp.models.model_config`), initialised with ``seed`` and ``init_gamma``.
-    Raises ValueError for an unknown arch or settings that do not make a model.
-    """
+def _build_hooked(run: RunSpec):
+    """A HookedTransformer of the run's preset with its model overrides, seeded, with its init scale."""
     from anchor_interp.models import make_model, model_config
 
+    s = run.settings
+    task = _task(s)
+    cfg = model_config(s["preset"], task, **s["model"])
+    return make_model(cfg, task, seed=s["seed"], init_gamma=s["init_gamma"])
+
+
+# settings["arch"] -> a function RunSpec -> a fresh model on the CPU (spec.ARCHS names the same keys)
+BUILDERS = {"hooked": _build_hooked}
+
+
+def build_models(runs: list[RunSpec]) -> list:
+    """The freshly initialised models of ``runs`` (on the CPU), one per run, from their settings alone: the
+    one place a run's model is made.
+
+    Dispatches on ``settings["arch"]`` (:data:`BUILDERS`): ``"hooked"``: a HookedTransformer of ``preset``
+    with the ``model`` overrides (:func:`anchor_interp.models.model_config`), initialised with ``seed`` and
+    ``init_gamma`` (a number or None, already resolved). Raises ValueError for an unknown arch or settings
+    that do not make a model.
+    """
     models = []
     for r in runs:
-        s = r.settings
-        if s["arch"] != "hooked":
-            raise ValueError(f"run {r.id}: unknown arch {s['arch']!r}; known: 'hooked'")
-        task = _task(s)
-        cfg = model_config(s["preset"], task, **s["model"])
-        models.append(make_model(cfg, task, seed=s["seed"], init_gamma=s["init_gamma"]))
+        arch = r.settings["arch"]
+        if arch not in BUILDERS:
+            raise ValueError(f"run {r.id}: unknown arch {arch!r}; known: {', '.join(map(repr, BUILDERS))}")
+        models.append(BUILDERS[arch](r))
     return models
 
 

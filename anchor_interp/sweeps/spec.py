@@ -38,7 +38,7 @@ from typing import Any
 __all__ = ["ARCHS", "AFTER_DEFAULTS", "SETTING_KEYS", "RunSpec", "SweepError", "SweepSpec", "expand", "load_spec",
            "parse_spec", "run_id"]
 
-ARCHS = ("hooked",)  # model builders known to sweeps.execute.build_models
+ARCHS = ("hooked",)  # the keys of sweeps.execute.BUILDERS (named here without importing it)
 SETTING_KEYS = ("task", "task_params", "arch", "preset", "model", "init_gamma", "recipe", "recipe_fields",
                 "epochs", "squeeze", "n_train", "seed")
 TABLE_KEYS = ("task_params", "model", "recipe_fields")  # settings whose value is a table of fields

@@ -80,3 +80,10 @@ def test_label_summary():
     assert s["shift_layers"] == [0, 1] and s["broadcast_layers"] == [1] and s["shift_offsets"] == [-1, -2]
     assert s["effects"] == {"L0H0": 0.8, "L1H1": 0.3, "L1H0": None} and s["solved"] and s["accuracy"] == 0.97
     assert s["heads"]["L0H1"] == "neither"
+
+
+def test_every_arch_the_spec_accepts_has_a_builder():
+    from anchor_interp.sweeps.execute import BUILDERS
+    from anchor_interp.sweeps.spec import ARCHS
+
+    assert set(ARCHS) == set(BUILDERS)
