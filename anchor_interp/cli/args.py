@@ -84,8 +84,8 @@ _KIND_WORDS = {"int": "an integer", "number": "a number", "number|None": "a numb
 def _fits(value, kind: str) -> bool:
     if kind == "str":
         return True
-    if kind == "patterns":
-        return isinstance(value, str)
+    if kind == "patterns":  # "a,b" on a command line; a list of strings in a sweep file
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
     if kind == "bool":
         return isinstance(value, bool)
     if value is None:

@@ -61,8 +61,33 @@ def _build_hooked(run: RunSpec):
     return make_model(cfg, task, seed=s["seed"], init_gamma=s["init_gamma"])
 
 
+def reference_sizes(preset: str, task, overrides: dict):
+    """The ReferenceConfig of the authors' architecture with ``preset``'s sizes and ``overrides`` (its
+    fields, e.g. ``attention_dir``). Raises ValueError for an unknown preset or a bad field."""
+    from anchor_interp.models import PRESETS
+    from anchor_interp.models.reference import ReferenceConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    sizes = dict(n_layers=p.n_layers, n_heads=p.n_heads, d_model=p.d_model, d_head=p.d_head, d_mlp=p.d_mlp,
+                 act_fn=p.act_fn or "relu", attention_dir=p.attention_dir)
+    try:
+        return ReferenceConfig(d_vocab=task.vocab_size, n_ctx=task.seq_len, **{**sizes, **overrides})
+    except TypeError as e:
+        raise ValueError(f"reference model overrides {overrides}: {e}") from None
+
+
+def _build_reference(run: RunSpec):
+    """The authors' post-LN model (anchor_interp.models.reference) with the preset's sizes, PyTorch's init."""
+    from anchor_interp.models.reference import ReferenceTransformer
+
+    s = run.settings
+    return ReferenceTransformer(reference_sizes(s["preset"], _task(s), s["model"]), seed=s["seed"])
+
+
 # settings["arch"] -> a function RunSpec -> a fresh model on the CPU (spec.ARCHS names the same keys)
-BUILDERS = {"hooked": _build_hooked}
+BUILDERS = {"hooked": _build_hooked, "reference": _build_reference}
 
 
 def build_models(runs: list[RunSpec]) -> list:
@@ -71,7 +96,8 @@ def build_models(runs: list[RunSpec]) -> list:
 
     Dispatches on ``settings["arch"]`` (:data:`BUILDERS`): ``"hooked"``: a HookedTransformer of ``preset``
     with the ``model`` overrides (:func:`anchor_interp.models.model_config`), initialised with ``seed`` and
-    ``init_gamma`` (a number or None, already resolved). Raises ValueError for an unknown arch or settings
+    ``init_gamma`` (a number, None or "torch", already resolved); ``"reference"``: the authors' post-LN
+    model (:mod:`anchor_interp.models.reference`) with the preset's sizes and ``model`` overrides. Raises ValueError for an unknown arch or settings
     that do not make a model.
     """
     models = []
@@ -201,7 +227,7 @@ def train_stack(runs: list[RunSpec], folder: str | os.PathLike, opts: ExecOption
 def _after(r: RunSpec, d: Path, opts: ExecOptions) -> dict[str, Any]:
     """A finished run's metrics and, with ``after.find_heads``, its label summary (failed if find_heads fails)."""
     res: dict[str, Any] = {"status": "done", "reason": "", "metrics": run_metrics(d), "labels": None}
-    if not opts.after.get("find_heads"):
+    if not opts.after.get("find_heads") or r.settings["arch"] != "hooked":  # find_heads takes HookedTransformers
         return res
     t = time.perf_counter()
     try:

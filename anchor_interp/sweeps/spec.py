@@ -18,6 +18,11 @@ values under ``[axes]`` (their Cartesian product is the sweep) and what to run a
     [after]
     find_heads = true
 
+Settings that change together (one study arm: an architecture with its own init and recipe fields)
+are ``[[variants]]``: each a table of settings (and an optional ``name``, a comment for the reader)
+applied over ``[settings]`` (a table setting such as ``recipe_fields`` is merged field by field); the
+sweep is then every variant x the product of the axes.
+
 TOML has no null: in ``recipe_fields`` and ``model`` the string ``"none"`` stands for None.
 A run's id is a hash of its *resolved* training settings (:func:`run_id`): the task with every parameter,
 the architecture, preset, model overrides, the init scale as a number (or None), the full Recipe (with
@@ -38,7 +43,7 @@ from typing import Any
 __all__ = ["ARCHS", "AFTER_DEFAULTS", "SETTING_KEYS", "RunSpec", "SweepError", "SweepSpec", "expand", "load_spec",
            "parse_spec", "run_id"]
 
-ARCHS = ("hooked",)  # the keys of sweeps.execute.BUILDERS (named here without importing it)
+ARCHS = ("hooked", "reference")  # the keys of sweeps.execute.BUILDERS (named here without importing it)
 SETTING_KEYS = ("task", "task_params", "arch", "preset", "model", "init_gamma", "recipe", "recipe_fields",
                 "epochs", "squeeze", "n_train", "seed")
 TABLE_KEYS = ("task_params", "model", "recipe_fields")  # settings whose value is a table of fields
@@ -89,6 +94,7 @@ class SweepSpec:
     after: dict[str, Any] = field(default_factory=lambda: dict(AFTER_DEFAULTS))
     description: str = ""
     source: str = ""
+    variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # settings overrides, one per arm
 
 
 def run_id(settings: dict[str, Any]) -> str:
@@ -117,7 +123,7 @@ def parse_spec(text: str, where: str = "sweep") -> SweepSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{where}: not valid TOML ({e})") from None
-    _known(doc, ("name", "description", "settings", "axes", "after"), where, "top-level key")
+    _known(doc, ("name", "description", "settings", "axes", "after", "variants"), where, "top-level key")
     name = doc.get("name")
     if not isinstance(name, str) or not name or any(c in name for c in "/\\") or name.startswith("."):
         raise SweepError(f"{where}: name = {name!r}; give a non-empty name without '/' (it names the sweep folder)")
@@ -147,7 +153,23 @@ def parse_spec(text: str, where: str = "sweep") -> SweepSpec:
         if isinstance(after[k], bool) or not isinstance(after[k], int) or after[k] < lo:
             raise SweepError(f"{where}: after.{k} = {after[k]!r}; use an integer >= {lo}")
     return SweepSpec(name=name, settings=merged, axes=flat_axes, after=after,
-                     description=str(doc.get("description", "")), source=text)
+                     description=str(doc.get("description", "")), source=text, variants=_variants(doc, where))
+
+
+def _variants(doc: dict, where: str) -> list[dict[str, Any]]:
+    """``[[variants]]`` tables (settings overrides; ``name`` dropped), or one empty variant."""
+    raw = doc.get("variants", [{}])
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, dict) for v in raw):
+        raise SweepError(f"{where}: variants must be a list of tables ([[variants]] blocks)")
+    out = []
+    for i, v in enumerate(raw):
+        v = {k: x for k, x in v.items() if k != "name"}
+        _known(v, SETTING_KEYS, where, f"variants[{i}] key")
+        for key in TABLE_KEYS:
+            if key in v and not isinstance(v[key], dict):
+                raise SweepError(f"{where}: variants[{i}].{key} must be a table of fields")
+        out.append(v)
+    return out
 
 
 def _known(d: dict, known, where: str, what: str) -> None:
@@ -194,8 +216,10 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     runs: list[RunSpec] = []
     seen: dict[str, dict] = {}
     checked_models: set[str] = set()
-    for point in itertools.product(*(spec.axes[k] for k in keys)):
+    for variant, point in itertools.product(spec.variants, itertools.product(*(spec.axes[k] for k in keys))):
         raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.settings.items()}
+        for k, v in variant.items():  # a variant's table settings are merged field by field
+            raw[k] = {**raw[k], **v} if k in TABLE_KEYS else v
         for k, v in zip(keys, point, strict=True):
             if "." in k:
                 table, f = k.split(".", 1)
@@ -236,9 +260,14 @@ def resolve_settings(raw: dict[str, Any], checked_models: set[str] | None = None
     task = _task(raw["task"], raw["task_params"])
     recipe = _recipe(raw)
     init_gamma = _init_gamma(raw["init_gamma"], raw["preset"])
-    key = json.dumps([raw["preset"], task["name"], task["params"], raw["model"]], sort_keys=True)
+    if arch == "reference":  # the authors' model always starts from PyTorch's default init
+        if raw["init_gamma"] not in ("preset", "torch"):
+            raise SweepError(f"init_gamma = {raw['init_gamma']!r}: the reference architecture always uses PyTorch's "
+                             "init; leave init_gamma unset or write 'torch'")
+        init_gamma = "torch"
+    key = json.dumps([arch, raw["preset"], task["name"], task["params"], raw["model"]], sort_keys=True)
     if checked_models is None or key not in checked_models:
-        _check_model(raw["preset"], task, raw["model"])
+        _check_model(raw["preset"], task, raw["model"], arch)
         if checked_models is not None:
             checked_models.add(key)
     return {"arch": arch, "task": task, "preset": raw["preset"], "model": dict(sorted(raw["model"].items())),
@@ -267,6 +296,8 @@ def _recipe(raw: dict) -> dict:
         if base is None:
             raise ValueError(f"recipe = {raw['recipe']!r}: give a recipe name")
         over = dict(raw["recipe_fields"])
+        if isinstance(over.get("freeze"), str):  # "blocks.*.b_*,unembed.b_U" -> a list of patterns
+            over["freeze"] = [p for p in over["freeze"].split(",") if p]
         if raw["epochs"] is not None:
             over["epochs"] = raw["epochs"]
             if raw["squeeze"]:
@@ -296,16 +327,23 @@ def _init_gamma(value, preset):
         return PRESETS[preset].init_gamma
     if value == "tl":
         return None
+    if value == "torch":
+        return "torch"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SweepError(f"init_gamma = {value!r}: use a number (std = d_in ** -gamma), 'tl' or 'preset'")
+        raise SweepError(f"init_gamma = {value!r}: use a number (std = d_in ** -gamma), 'tl', 'torch' or 'preset'")
     return float(value)
 
 
-def _check_model(preset, task: dict, overrides: dict) -> None:
+def _check_model(preset, task: dict, overrides: dict, arch: str = "hooked") -> None:
     from anchor_interp.models import model_config
     from anchor_interp.tasks import make_task
 
     try:
+        if arch == "reference":
+            from anchor_interp.sweeps.execute import reference_sizes
+
+            reference_sizes(preset, make_task(task["name"], **task["params"]), overrides)
+            return
         model_config(preset, make_task(task["name"], **task["params"]), **overrides)
     except (ValueError, TypeError) as e:
         raise SweepError(f"preset {preset!r} with model overrides {overrides}: {' '.join(str(e).split())}") from None

@@ -54,3 +54,33 @@ def test_bad_sweep_files_give_one_line_errors(edit, message):
     with pytest.raises(SweepError) as e:
         expand(parse_spec(tiny_text().replace(*edit), where="x.toml"))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_variants_change_settings_together_and_train_the_reference_model(tmp_path):
+    """[[variants]]: each arm's settings over [settings] (tables merged field by field) x the axes; the
+    reference architecture trains in a sweep (and find_heads, which takes HookedTransformers, is skipped)."""
+    from anchor_interp.sweeps.driver import run_sweep
+    from anchor_interp.sweeps.spec import expand, parse_spec
+    from tests.fixtures_sweeps import tiny_text
+
+    text = tiny_text(name="arms", epochs=1, n_train="[40]") + """
+[[variants]]
+name = "hooked, frozen biases"
+init_gamma = "torch"
+recipe_fields = { freeze = ["blocks.*.b_*"] }
+[[variants]]
+name = "the authors' model"
+arch = "reference"
+model = { d_mlp = "none" }
+"""
+    spec = parse_spec(text)
+    runs = expand(spec)
+    assert [r.settings["arch"] for r in runs] == ["hooked", "hooked", "reference", "reference"]
+    hooked = runs[0].settings
+    assert hooked["init_gamma"] == "torch" and hooked["recipe"]["freeze"] == ["blocks.*.b_*"]
+    assert hooked["recipe"]["n_test"] == 100  # merged with [settings.recipe_fields], not replaced
+    assert runs[2].settings["init_gamma"] == "torch" and runs[2].settings["recipe"]["freeze"] == []
+    summary = run_sweep(spec, tmp_path / "arms", workers=1, log=lambda s: None)
+    rows = (tmp_path / "arms" / "table.csv").read_text().splitlines()
+    assert len(rows) == 5 and all(",done," in r for r in rows[1:]), rows
+    assert summary is not None
