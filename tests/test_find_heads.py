@@ -165,21 +165,27 @@ def test_report_numbers_equal_the_json(default_result):
     """Every number in the report that names its JSON path shows that JSON value (rounded as shown)."""
     import re
 
+    from anchor_interp.report.cards import json_path_value
     from anchor_interp.report.html import render_html
 
     page = render_html(default_result)
     d = json.loads(default_result.to_json())
     found = re.findall(r'data-json-path="([^"]+)">([^<]*)<', page)
     assert len(found) >= 3 * len(d["heads"])
+    assert any(".routes.L1." in p for p, _ in found)  # route numbers (keys with a dot) are checked too
     for path, shown in found:
-        value = d
-        for part in path.split("."):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        if path.endswith("stability"):
-            assert shown == ("–" if value is None else f"{value:.0%}"), path
-        else:
-            digits = len(shown.split(".")[1]) if "." in shown else 0
-            assert float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2), path
+        assert shown_equals(shown, json_path_value(d, path)), (path, shown)
+
+
+def shown_equals(shown: str, value) -> bool:
+    """A number as the page shows it equals the JSON value after rounding: ``100%`` for shares, else as
+    many decimals as shown (``–`` for a missing value)."""
+    if value is None:
+        return shown == "–"
+    if shown.endswith("%"):
+        return shown == f"{value:.0%}"
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    return float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2)
 
 
 def test_unsolved_model_gets_no_labels_and_a_banner(default_model):
