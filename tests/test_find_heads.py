@@ -204,3 +204,16 @@ def test_unsolved_model_gets_no_labels_and_a_banner(default_model):
     allowed = find_heads(model, task, seed=1, n_samples=64, n_examples=0, patching=False, ablation=False,
                          allow_unsolved=True)
     assert allowed.competence["allow_unsolved"] is True and 'id="unsolved-banner"' in render_html(allowed)
+
+
+def test_default_report_is_one_offline_file_under_3_mb(default_result, tmp_path):
+    """The default model's report (diagram, cards, model card, figures inline) stays one offline file < 3 MB."""
+    import re
+
+    from anchor_interp.report import write_report
+
+    path = write_report(default_result, tmp_path / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert path.stat().st_size < 3_000_000
+    assert not re.search(r'<(script|img|link)[^>]+(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
+    assert 'id="circuit"' in page and 'id="model-card"' in page and len(re.findall(r'<div class="card( borderline)?" id="card-', page)) == 8
