@@ -170,7 +170,7 @@ def _route_name(target: str) -> str:
 def _roles_table(d: dict[str, Any], i: int, h: dict[str, Any]) -> str:
     roles = h.get("roles") or []
     if not roles:
-        return '<p class="note">No causal role was measured for this head (no task, or no counterfactual).</p>'
+        return '<p class="note">No role recorded for this head (without a task no role is measured).</p>'
     rows = []
     for j, r in enumerate(roles):
         p = f"heads.{i}.roles.{j}"
@@ -178,21 +178,20 @@ def _roles_table(d: dict[str, Any], i: int, h: dict[str, Any]) -> str:
         routes = []
         for target, v in (r.get("routes") or {}).items():
             strong = isinstance(v, (int, float)) and rt is not None and v >= rt
-            routes.append(f"{'<strong>' if strong else ''}{_e(_route_name(target))}&nbsp;{_num(v, f'{p}.routes.{target}', 2)}"
-                          f"{'</strong>' if strong else ''}")
+            routes.append(f"<span class=\"nw\">{'<strong>' if strong else ''}{_e(_route_name(target))} "
+                          f"{_num(v, f'{p}.routes.{target}', 2)}{'</strong>' if strong else ''}</span>")
         passed = r.get("passes")
         rt_text = f"<br><span class=note>threshold {_num(rt, p + '.route_threshold', 2)}</span>"
         rows.append(
             f'<tr data-role="{_e(r.get("name") or r.get("role"))}"><td>{_e(r.get("name") or r.get("role"))}'
             f"{' ~' if r.get('borderline') else ''}</td><td>{_e(r.get('counterfactual') or '–')}</td>"
-            f'<td class="num nw">{_num(r.get("effect"), f"{p}.effect", 2)} [{_num(r.get("ci_low"), f"{p}.ci_low", 2)}, '
-            f'{_num(r.get("ci_high"), f"{p}.ci_high", 2)}]</td>'
-            f'<td class="num">{_num(r.get("threshold"), f"{p}.threshold", 2)}</td>'
-            f'<td class="num">{_num(r.get("margin"), f"{p}.margin", 2)}</td>'
+            f'<td class="nw">{_num(r.get("effect"), f"{p}.effect", 2)} [{_num(r.get("ci_low"), f"{p}.ci_low", 2)}, '
+            f'{_num(r.get("ci_high"), f"{p}.ci_high", 2)}]<br><span class="note">threshold '
+            f'{_num(r.get("threshold"), f"{p}.threshold", 2)}, margin {_num(r.get("margin"), f"{p}.margin", 2)}</span></td>'
             f"<td class=\"{'pass' if passed else 'fail'}\">{'pass' if passed else 'fail'}</td>"
-            f"<td class=\"nw\">{'<br>'.join(routes) or '–'}{rt_text if rt is not None and routes else ''}</td></tr>")
+            f"<td class=\"routes\">{', '.join(routes) or '–'}{rt_text if rt is not None and routes else ''}</td></tr>")
     return ('<div class="table-wrap"><table class="roles"><thead><tr><th>test</th><th>counterfactual</th>'
-            "<th>effect [95% CI]</th><th>threshold</th><th>margin</th><th>result</th><th>routes</th></tr></thead>"
+            "<th>effect [95% CI]</th><th>result</th><th>routes</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 

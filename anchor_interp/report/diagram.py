@@ -241,7 +241,7 @@ def _place_labels(edges: list[Edge]) -> None:
             by_source.setdefault((e.x1, e.y1), []).append(e)
     for (x, y), group in by_source.items():
         for k, e in enumerate(group):
-            e.label_xy = (x + 4, y + (k - (len(group) - 1) / 2) * 14 + 4)
+            e.label_xy = (x + 4, y - 5 + (k - (len(group) - 1) / 2) * 14)  # above the edge's start
 
 
 def _e(v: Any) -> str:

@@ -169,7 +169,7 @@ table caption{text-align:left;font-size:13px;color:#555;padding:2px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:0}
 .card.borderline{border-style:dashed} .card h3{margin:4px 0;font-size:16px}
 .card-body{display:flex;gap:12px;align-items:flex-start} .card-main{flex:1 1 auto;min-width:0}
-.card .facts{font-size:13px;margin:4px 0} td.nw{white-space:nowrap} .card table{font-size:13px} .mean-attn-box{flex:0 0 auto;margin:0}
+.card .facts{font-size:13px;margin:4px 0} td.nw,span.nw{white-space:nowrap} td.routes{min-width:150px} .card table{font-size:13px} .mean-attn-box{flex:0 0 auto;margin:0}
 .mean-attn-box figcaption{font-size:12px;max-width:190px}
 .tag{font-size:13px;font-weight:normal;padding:1px 6px;border-radius:3px;background:#eee}
 .tag.shift{background:#dbeafe} .tag.broadcast{background:#fde68a}
