@@ -125,6 +125,7 @@ def write_report(
             pngs[name] = figure_png(fig)
             files[planned[name]] = pngs[name]
             if f"{name}.svg" in planned:
+                fig.set_layout_engine("none")  # keep the layout the PNG draw computed: same picture, ~40% faster
                 files[planned[f"{name}.svg"]] = (circuit_svg(layout).encode("utf-8") if name == "circuit"
                                                  else figure_svg(fig))
     files[path] = render_html(res, pngs).encode("utf-8")
