@@ -8,6 +8,8 @@ So the shift head's flag reaches layer 2's keys across an empty layer, and the r
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -52,7 +54,13 @@ def planted_4x4_model(task):
 
 @pytest.fixture(scope="session")
 def planted_4x4_result():
-    """find_heads on the planted 4 x 4 model (identity task, 96 rows, seed 0, one example)."""
+    """find_heads on the planted 4 x 4 model (identity task, 96 rows, seed 0, one example); shared: do not modify."""
+    return _planted_4x4_result()
+
+
+@functools.lru_cache(maxsize=1)
+def _planted_4x4_result():
+    # cached here: each test module that imports the fixture gets its own copy of it, but one analysis
     from anchor_interp.find_heads import find_heads
     from anchor_interp.tasks import make_task
 
