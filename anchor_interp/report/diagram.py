@@ -130,88 +130,46 @@ def _head_caption(h: dict[str, Any], roles: list[tuple[int, dict[str, Any]]]) ->
     return f"{h.get('label') if h.get('label') != 'neither' else h.get('kind')} pattern"
 
 
-def circuit_layout(d: dict[str, Any]) -> CircuitLayout:
-    """Place the diagram of result dict ``d`` (see the module docstring). Never raises for a partial result."""
-    heads = d.get("heads") or []
-    n_layers = int((d.get("model") or {}).get("n_layers") or 1 + max([h.get("layer", 0) for h in heads] or [0]))
-    chosen = diagram_heads(d)
-    no_task = _no_task(d)
-    plan = []  # (head index, passing roles, [(role j, role, [(target, effect)])])
-    for i in chosen:
-        roles = [] if no_task else _passing_roles(heads[i])
-        plan.append((i, roles, [(j, r, _routes(d, r)) for j, r in roles]))
-    # inputs the roles read, in a fixed order
+_Plan = list[tuple[int, list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any], list[tuple[str, float]]]]]]
+
+
+def _inputs(plan: _Plan, no_task: bool) -> list[str]:
+    """The input positions the passing roles read, in a fixed order (anchor, anchor 2, key, key 2, last)."""
     wanted = {_role_input(r) for _, roles, _ in plan for _, r in roles} - {None}
     if any(r.get("role") == "broadcast" for _, roles, _ in plan for _, r in roles):
         wanted.add("last")
     order = ["anchor", "anchor 2", "key", "key 2", "last"]
     inputs = [n for n in order if n in wanted] + sorted(wanted - set(order))
-    if not no_task and not inputs:
-        inputs = ["anchor", "key", "last"]
-    # ports each layer receives
+    return inputs if inputs or no_task else ["anchor", "key", "last"]
+
+
+def _ports(plan: _Plan) -> dict[int, list[str]]:
+    """layer -> the parts (q, k, v) that some drawn route feeds, in q, k, v order."""
     ports: dict[int, list[str]] = {}
     for _, _, routed in plan:
         for _, _, rts in routed:
             for target, _ in rts:
-                if target.startswith("L") and "." in target:
-                    layer, part = target[1:].split(".", 1)
-                    if layer.isdigit():
-                        ports.setdefault(int(layer), [])
-                        if part not in ports[int(layer)]:
-                            ports[int(layer)].append(part)
-    for layer in ports:
-        ports[layer].sort(key=lambda p: "qkv".find(p) if p in "qkv" else 9)
-    has_logits = not no_task
-    x0 = _SIDE_W if inputs else 0
-    nodes: list[Node] = []
-    by_id: dict[str, Node] = {}
+                layer, _, part = target[1:].partition(".")
+                if target.startswith("L") and part and layer.isdigit() and part not in ports.get(int(layer), []):
+                    ports.setdefault(int(layer), []).append(part)
+    return {layer: sorted(parts, key=lambda p: "qkv".find(p) if p in "qkv" else 9) for layer, parts in ports.items()}
 
-    def add(node: Node) -> Node:
-        nodes.append(node)
-        by_id[node.id] = node
-        return node
 
-    per_layer: dict[int, list[int]] = {}
-    for i in chosen:
-        per_layer.setdefault(int(heads[i].get("layer", 0)), []).append(i)
-    rows = max([len(v) for v in per_layer.values()] + [len(p) for p in ports.values()] + [len(inputs), 1])
-    height = _TOP + rows * _ROW_H + 30
-    for k, name in enumerate(inputs):
-        add(Node(f"in:{name}", "input", 6, _TOP + k * _ROW_H, _SIDE_W - 24, _NODE_H, [name],
-                 attrs={"data-node": "input", "data-input": name}))
-    for layer in range(n_layers):
-        x = x0 + layer * _COL_W
-        add(Node(f"layer:{layer}", "layer", x + 4, 34, _COL_W - 8, height - 44, [f"layer {layer}"],
-                 attrs={"data-node": "layer", "data-layer": str(layer)}))
-        for k, part in enumerate(ports.get(layer, [])):  # a later layer's inputs, on its left edge
-            add(Node(f"port:L{layer}.{part}", "port", x + 8, _TOP + k * _ROW_H + _NODE_H / 2 - _PORT_R, 2 * _PORT_R,
-                     2 * _PORT_R, [part], attrs={"data-node": "port", "data-port": f"L{layer}.{part}"}))
-        y = _TOP
-        for i in sorted(per_layer.get(layer, []), key=lambda i: heads[i].get("head", 0)):
-            h = heads[i]
-            roles = plan[chosen.index(i)][1]
-            add(Node(f"head:{h['name']}", "head", x + 52, y, _NODE_W, _NODE_H,
-                     [str(h["name"]), _head_caption(h, roles)], dashed=bool(h.get("borderline")),
-                     attrs={"data-node": "head", "data-head": str(h["name"]), "data-head-index": str(i)}))
-            y += _ROW_H
-    if has_logits:
-        add(Node("logits", "logits", x0 + n_layers * _COL_W + 10, _TOP, _SIDE_W - 20, _NODE_H, ["logits"],
-                 attrs={"data-node": "logits"}))
-    edges: list[Edge] = []
+def _head_edges(d: dict[str, Any], plan: _Plan, by_id: dict[str, Node]) -> list[Edge]:
+    """Input edges (where each passing role's information comes from) and route edges (>= threshold)."""
+    heads, edges = d.get("heads") or [], []
     for i, roles, routed in plan:
         h = heads[i]
         node = by_id[f"head:{h['name']}"]
-        dashed_head = bool(h.get("borderline"))
         for _, r in roles:
             src = _role_input(r)
             sources = ([src] if src else []) + (["last"] if r.get("role") == "broadcast" and src != "last" else [])
-            for s in sources:
-                if f"in:{s}" not in by_id:
-                    continue
+            for s in (s for s in sources if f"in:{s}" in by_id):
                 a = by_id[f"in:{s}"]
                 eff = r.get("effect") if isinstance(r.get("effect"), (int, float)) else 0.0
                 edges.append(Edge("input", a.x + a.w, a.y + a.h / 2, node.x, node.y + node.h / 2,
-                                  1 + 2 * max(0.0, min(1.0, eff)), "#cbd5e1", dashed_head or bool(r.get("borderline")),
+                                  1 + 2 * max(0.0, min(1.0, eff)), "#cbd5e1",
+                                  bool(h.get("borderline")) or bool(r.get("borderline")),
                                   attrs={"data-edge": "input", "data-head": str(h["name"]), "data-from": s,
                                          "data-role": str(r.get("name") or r.get("role"))}))
         for j, r, rts in routed:
@@ -220,16 +178,55 @@ def circuit_layout(d: dict[str, Any]) -> CircuitLayout:
                 if dest is None:
                     continue
                 part = "logits" if target == "logits" else target.split(".", 1)[1]
-                x2, y2 = (dest.x, dest.y + dest.h / 2)
-                edges.append(Edge("route", node.x + node.w, node.y + node.h / 2, x2, y2, 1 + 8 * min(1.0, v),
-                                  _ROUTE_COLOURS.get(part, "#374151"), dashed_head or bool(r.get("borderline")),
+                edges.append(Edge("route", node.x + node.w, node.y + node.h / 2, dest.x, dest.y + dest.h / 2,
+                                  1 + 8 * min(1.0, v), _ROUTE_COLOURS.get(part, "#374151"),
+                                  bool(h.get("borderline")) or bool(r.get("borderline")),
                                   label=f"{v:.2f}", label_path=f"heads.{i}.roles.{j}.routes.{target}",
                                   attrs={"data-edge": "route", "data-head": str(h["name"]), "data-route": target,
                                          "data-role": str(r.get("name") or r.get("role"))}))
+    return edges
+
+
+def circuit_layout(d: dict[str, Any]) -> CircuitLayout:
+    """Place the diagram of result dict ``d`` (see the module docstring). Never raises for a partial result."""
+    heads = d.get("heads") or []
+    n_layers = int((d.get("model") or {}).get("n_layers") or 1 + max([h.get("layer", 0) for h in heads] or [0]))
+    chosen, no_task = diagram_heads(d), _no_task(d)
+    plan: _Plan = []  # (head index, passing roles, [(role index, role, [(target, effect) >= threshold])])
+    for i in chosen:
+        roles = [] if no_task else _passing_roles(heads[i])
+        plan.append((i, roles, [(j, r, _routes(d, r)) for j, r in roles]))
+    inputs, ports = _inputs(plan, no_task), _ports(plan)
+    per_layer: dict[int, list[int]] = {}
+    for i in chosen:
+        per_layer.setdefault(int(heads[i].get("layer", 0)), []).append(i)
+    rows = max([len(v) for v in per_layer.values()] + [len(p) for p in ports.values()] + [len(inputs), 1])
+    height = _TOP + rows * _ROW_H + 30
+    x0 = _SIDE_W if inputs else 0
+    nodes = [Node(f"in:{name}", "input", 6, _TOP + k * _ROW_H, _SIDE_W - 24, _NODE_H, [name],
+                  attrs={"data-node": "input", "data-input": name}) for k, name in enumerate(inputs)]
+    for layer in range(n_layers):
+        x = x0 + layer * _COL_W
+        nodes.append(Node(f"layer:{layer}", "layer", x + 4, 34, _COL_W - 8, height - 44, [f"layer {layer}"],
+                          attrs={"data-node": "layer", "data-layer": str(layer)}))
+        for k, part in enumerate(ports.get(layer, [])):  # a later layer's inputs, on its left edge
+            nodes.append(Node(f"port:L{layer}.{part}", "port", x + 8, _TOP + k * _ROW_H + _NODE_H / 2 - _PORT_R,
+                              2 * _PORT_R, 2 * _PORT_R, [part],
+                              attrs={"data-node": "port", "data-port": f"L{layer}.{part}"}))
+        for k, i in enumerate(sorted(per_layer.get(layer, []), key=lambda i: heads[i].get("head", 0))):
+            h = heads[i]
+            nodes.append(Node(f"head:{h['name']}", "head", x + 52, _TOP + k * _ROW_H, _NODE_W, _NODE_H,
+                              [str(h["name"]), _head_caption(h, plan[chosen.index(i)][1])],
+                              dashed=bool(h.get("borderline")),
+                              attrs={"data-node": "head", "data-head": str(h["name"]), "data-head-index": str(i)}))
+    if not no_task:
+        nodes.append(Node("logits", "logits", x0 + n_layers * _COL_W + 10, _TOP, _SIDE_W - 20, _NODE_H, ["logits"],
+                          attrs={"data-node": "logits"}))
+    edges = _head_edges(d, plan, {n.id: n for n in nodes})
+    _place_labels(edges)
     note = ("No task: heads placed by their pattern label only (no counterfactual, so no routes)." if no_task
             else "" if chosen else "No head is labelled shift, broadcast or copy.")
-    _place_labels(edges)
-    width = x0 + n_layers * _COL_W + (_SIDE_W if has_logits else 10)
+    width = x0 + n_layers * _COL_W + (10 if no_task else _SIDE_W)
     return CircuitLayout(nodes, edges, max(width, 400), height, note)
 
 
