@@ -1,4 +1,5 @@
-"""Fixtures for the report's browser tests: a planted 4-layer x 4-head model and its find_heads result.
+"""Fixtures for the report's browser tests: a planted 4-layer x 4-head model and its find_heads result, and
+`shown_equals` (a number shown on the page equals its JSON value after rounding).
 
 `planted_4x4_model` puts the hand-set identity circuit of :func:`anchor_interp.models.planted.make_identity_circuit_model`
 (2 layers x 3 heads: a previous-token shift head, decoys, a broadcast head) into a 4 x 4 model: its layer 0
@@ -22,7 +23,18 @@ from anchor_interp.models.adapter import (
 )
 from anchor_interp.models.planted import make_identity_circuit_model
 
-PLACE = {0: 0, 1: 2}  # source layer -> layer of the 4 x 4 model
+PLACE = {0: 0, 1: 2}
+
+
+def shown_equals(shown: str, value) -> bool:
+    """A number as the page shows it equals the JSON value after rounding: ``100%`` for shares, else as
+    many decimals as shown (``–`` for a missing value)."""
+    if value is None:
+        return shown == "–"
+    if shown.endswith("%"):
+        return shown == f"{value:.0%}"
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    return float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2)  # source layer -> layer of the 4 x 4 model
 
 
 def planted_4x4_model(task):

@@ -165,6 +165,8 @@ def test_report_numbers_equal_the_json(default_result):
     """Every number in the report that names its JSON path shows that JSON value (rounded as shown)."""
     import re
 
+    from fixtures_report import shown_equals
+
     from anchor_interp.report.cards import json_path_value
     from anchor_interp.report.html import render_html
 
@@ -176,16 +178,6 @@ def test_report_numbers_equal_the_json(default_result):
     for path, shown in found:
         assert shown_equals(shown, json_path_value(d, path)), (path, shown)
 
-
-def shown_equals(shown: str, value) -> bool:
-    """A number as the page shows it equals the JSON value after rounding: ``100%`` for shares, else as
-    many decimals as shown (``–`` for a missing value)."""
-    if value is None:
-        return shown == "–"
-    if shown.endswith("%"):
-        return shown == f"{value:.0%}"
-    digits = len(shown.split(".")[1]) if "." in shown else 0
-    return float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2)
 
 
 def test_unsolved_model_gets_no_labels_and_a_banner(default_model):

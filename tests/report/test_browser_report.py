@@ -14,8 +14,7 @@ import json
 import re
 
 import pytest
-from fixtures_report import planted_4x4_result  # noqa: F401
-from test_find_heads import shown_equals
+from fixtures_report import planted_4x4_result, shown_equals  # noqa: F401
 from test_report import _browser_or_fail
 
 from anchor_interp import report
