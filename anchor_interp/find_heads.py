@@ -27,6 +27,7 @@ __all__ = [
     "find_heads",
     "json_safe",
     "key_scores",
+    "mean_attention",
     "model_summary",
 ]
 
@@ -47,6 +48,7 @@ def find_heads(
     command: str = "",
     device: str | None = None,
     allow_unsolved: bool = False,
+    training: dict[str, Any] | None = None,
     log=None,
 ) -> FindHeadsResult:
     """Label every head of ``model`` on held-out data of ``task`` and gather the evidence for the report.
@@ -55,7 +57,8 @@ def find_heads(
     every sample drawn (same seed, same result on CPU). ``n_samples`` held-out rows (20..1e6) feed
     accuracy, labels, patching and ablation; ``n_examples`` (0..16) of them keep their attention
     patterns for the report. ``patching`` / ``ablation`` switch those stages off. ``history``,
-    ``source``, ``preset`` and ``command`` are recorded as given. ``allow_unsolved``: label a model
+    ``source``, ``preset``, ``command`` and ``training`` (the checkpoint's recipe and steps, shown in the
+    report's model card) are recorded as given. ``allow_unsolved``: label a model
     below the competence floor anyway (``result.competence["solved"]`` says whether it solves the task).
     ``log``: optional callable receiving progress lines. Raises ValueError for out-of-range options or
     a model that does not fit the task.
@@ -103,6 +106,7 @@ def find_heads(
     lap("ablation")
     with torch.no_grad():
         examples = example_patterns(model, task, batch, n_examples)
+        aligned = mean_attention(model, batch)
     lap("examples")
     return FindHeadsResult(
         seed=seed,
@@ -118,6 +122,8 @@ def find_heads(
         command=command,
         timings=timings,
         competence=_competence(analysis, allow_unsolved),
+        training=dict(training or {}),
+        mean_attention=aligned,
         labelling={"thresholds": dataclasses.asdict(analysis.thresholds), "circuit": analysis.circuit,
                    "counterfactuals": {k: {"rows": analysis.baseline.get(f"rows_{k}"),
                                            "logit_gap": analysis.baseline.get(f"logit_gap_{k}")}
@@ -236,6 +242,40 @@ def example_patterns(model, task, batch, n_examples: int, decimals: int = 3) -> 
             "patterns": {name: cache[name][i].round(decimals=decimals).tolist() for name in names},
         })
     return out
+
+
+def mean_attention(model, batch, decimals: int = 3, chunk: int = 2048) -> dict[str, Any]:
+    """Every head's anchor-aligned mean attention over all rows of ``batch`` (the result's ``mean_attention``).
+
+    Positions are re-indexed relative to each row's anchor (``batch.anchor_pos``) and the attention is
+    averaged over the rows that reach each cell (:func:`anchor_interp.scores.patterns.anchor_aligned_sums`).
+    Returns ``{"aligned_to": "anchor_pos", "offsets": [lo, hi], "rows": n, "values": [layer][head][q][k]}``:
+    ``values[l][h][i][j]`` is the mean attention (in [0, 1], rounded to ``decimals``) from the position
+    at anchor offset ``lo + i`` to the one at offset ``lo + j``; ``[lo, hi]`` is the range of offsets any
+    row reaches (both axes), None marks a cell no row reaches. With no anchored row: ``rows`` 0, ``values``
+    None. One extra forward pass over the batch (patterns only), in chunks of ``chunk`` rows.
+    """
+    import torch
+
+    from anchor_interp.scores.patterns import anchor_aligned_sums, attention_patterns
+
+    T = batch.tokens.shape[1]
+    sums, counts = None, None
+    with torch.no_grad():
+        for start in range(0, len(batch.tokens), chunk):
+            pats = attention_patterns(model, batch.tokens[start:start + chunk])  # (B, L, H, T, T)
+            s, c = anchor_aligned_sums(pats, batch.anchor_pos[start:start + chunk])
+            sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+    n = int((batch.anchor_pos >= 0).sum())
+    if n == 0:
+        return {"aligned_to": "anchor_pos", "offsets": None, "rows": 0, "values": None}
+    reached = (counts > 0).any(0).nonzero().squeeze(-1)  # indices of reached offsets (one axis)
+    lo, hi = int(reached.min()), int(reached.max())
+    mean = (sums / counts.clamp_min(1)).round(decimals=decimals)[:, :, lo:hi + 1, lo:hi + 1]  # (L, H, Q, K)
+    ok = (counts > 0)[lo:hi + 1, lo:hi + 1]
+    values = [[[[float(mean[l_, h, i, j]) if ok[i, j] else None for j in range(hi - lo + 1)]
+                for i in range(hi - lo + 1)] for h in range(mean.shape[1])] for l_ in range(mean.shape[0])]
+    return {"aligned_to": "anchor_pos", "offsets": [lo - (T - 1), hi - (T - 1)], "rows": n, "values": values}
 
 
 # The stages below call the analysis modules (heads, patching, ablation); see docs/interfaces.md.

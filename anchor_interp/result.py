@@ -57,6 +57,12 @@ class FindHeadsResult:
       "allow_unsolved"}`` (accuracies in [0, 1], unmasked groups); empty in results of older versions.
     - ``labelling``: ``{"thresholds", "circuit": ["L0H1", ...], "counterfactuals": {kind: {"rows",
       "logit_gap"}}}``: how the labels were made.
+    - ``training``: how the model was trained, from its checkpoint: ``{"recipe": {...}, "seed", "step",
+      "epoch", "n_train", "train_seconds"}`` (any may be missing; empty when unknown or in older results).
+    - ``mean_attention``: every head's anchor-aligned mean attention over the analysis rows
+      (``find_heads.mean_attention``): ``{"aligned_to": "anchor_pos", "offsets": [lo, hi], "rows",
+      "values": [layer][head][q_off][k_off]}``; empty in results of older versions (the report says
+      "not computed").
     """
 
     seed: int
@@ -75,6 +81,8 @@ class FindHeadsResult:
     timings: dict[str, float] = field(default_factory=dict)
     competence: dict[str, Any] = field(default_factory=dict)
     labelling: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    mean_attention: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (a deep copy); ``schema_version`` first."""

@@ -165,21 +165,19 @@ def test_report_numbers_equal_the_json(default_result):
     """Every number in the report that names its JSON path shows that JSON value (rounded as shown)."""
     import re
 
+    from fixtures_report import shown_equals
+
+    from anchor_interp.report.cards import json_path_value
     from anchor_interp.report.html import render_html
 
     page = render_html(default_result)
     d = json.loads(default_result.to_json())
     found = re.findall(r'data-json-path="([^"]+)">([^<]*)<', page)
     assert len(found) >= 3 * len(d["heads"])
+    assert any(".routes.L1." in p for p, _ in found)  # route numbers (keys with a dot) are checked too
     for path, shown in found:
-        value = d
-        for part in path.split("."):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        if path.endswith("stability"):
-            assert shown == ("–" if value is None else f"{value:.0%}"), path
-        else:
-            digits = len(shown.split(".")[1]) if "." in shown else 0
-            assert float(shown) == pytest.approx(round(value, digits), abs=10 ** -digits / 2), path
+        assert shown_equals(shown, json_path_value(d, path)), (path, shown)
+
 
 
 def test_unsolved_model_gets_no_labels_and_a_banner(default_model):
@@ -198,3 +196,16 @@ def test_unsolved_model_gets_no_labels_and_a_banner(default_model):
     allowed = find_heads(model, task, seed=1, n_samples=64, n_examples=0, patching=False, ablation=False,
                          allow_unsolved=True)
     assert allowed.competence["allow_unsolved"] is True and 'id="unsolved-banner"' in render_html(allowed)
+
+
+def test_default_report_is_one_offline_file_under_3_mb(default_result, tmp_path):
+    """The default model's report (diagram, cards, model card, figures inline) stays one offline file < 3 MB."""
+    import re
+
+    from anchor_interp.report import write_report
+
+    path = write_report(default_result, tmp_path / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert path.stat().st_size < 3_000_000
+    assert not re.search(r'<(script|img|link)[^>]+(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
+    assert 'id="circuit"' in page and 'id="model-card"' in page and len(re.findall(r'<div class="card( borderline)?" id="card-', page)) == 8

@@ -177,7 +177,7 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
     # The anchor models are tiny: one thread is as fast as several, and it does not stall on a busy machine.
     torch.set_num_threads(1)
     args.device = str(resolve_cli_device(args.device))  # "auto" -> "cuda" or "cpu"; UsageError if unavailable
-    model, task, history, preset, source = _load_model(args)
+    model, task, history, preset, source, training = _load_model(args)
     if args.device != "cpu":
         model = model.to(args.device)
     _say(args, f"model: {source} ({preset or 'custom'}), task {task.name!r}; analysing ...")
@@ -187,7 +187,8 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
     command = " ".join([PROG] + [shlex.quote(a) for a in argv])
     result = find_heads(
         model, task, seed=args.seed, n_samples=args.n_samples, history=history, preset=preset, source=source,
-        command=command, device=args.device, allow_unsolved=args.allow_unsolved, log=lambda m: _say(args, m),
+        command=command, device=args.device, allow_unsolved=args.allow_unsolved, training=training,
+        log=lambda m: _say(args, m),
     )
     print(format_head_table(result.to_dict()))
     _write_outputs(result, report_path, json_path, args.force)
@@ -218,19 +219,33 @@ def _write_outputs(result, report_path: Path | None, json_path: Path | None, for
         print(f"report: {report_path}")
 
 
-def _read_history(folder: Path) -> list[dict]:
+def _read_meta(folder: Path) -> dict:
     import json
 
     try:
         meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
-    hist = meta.get("history") if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _read_history(folder: Path) -> list[dict]:
+    hist = _read_meta(folder).get("history")
     return [r for r in hist if isinstance(r, dict)] if isinstance(hist, list) else []
 
 
+def _read_training(folder: Path) -> dict:
+    """The checkpoint's training facts for the model card: recipe, seed, step, epoch, n_train, train_seconds."""
+    meta = _read_meta(folder)
+    out = {k: meta[k] for k in ("recipe", "seed", "step", "epoch", "n_train") if k in meta}
+    seconds = (meta.get("zoo") or {}).get("train_seconds") if isinstance(meta.get("zoo"), dict) else None
+    if seconds is not None:
+        out["train_seconds"] = seconds
+    return out
+
+
 def _load_model(args):
-    """(model, task, history, preset, source) for the chosen model source."""
+    """(model, task, history, preset, source, training) for the chosen model source."""
     from anchor_interp.models import checkpoint as ckpt
     from anchor_interp.tasks import make_task
 
@@ -238,7 +253,7 @@ def _load_model(args):
         task = make_task(args.task) if args.task else None
         model, task = ckpt.load_checkpoint(args.checkpoint, task=task)
         folder = Path(args.checkpoint)
-        return model, task, _read_history(folder), _preset_of(folder), str(folder)
+        return model, task, _read_history(folder), _preset_of(folder), str(folder), _read_training(folder)
     if args.train:
         return _train(args)
     from anchor_interp.models import zoo
@@ -250,7 +265,7 @@ def _load_model(args):
             "use --train or --checkpoint for another task"
         )
     folder = zoo.path("default")
-    return model, task, _read_history(folder), _preset_of(folder), "zoo:default"
+    return model, task, _read_history(folder), _preset_of(folder), "zoo:default", _read_training(folder)
 
 
 def _preset_of(folder: Path) -> str | None:
@@ -278,7 +293,8 @@ def _train(args):
                          preset=args.preset)
     model.eval()
     source = f"trained now (preset {args.preset}, recipe {recipe.name}, {recipe.epochs} epochs, seed {args.seed})"
-    return model, task, list(out.history), args.preset, source
+    training_facts = {"recipe": dict(out.recipe), "seed": args.seed, "step": out.step, "epoch": out.epoch}
+    return model, task, list(out.history), args.preset, source, training_facts
 
 
 def format_head_table(result: dict) -> str:

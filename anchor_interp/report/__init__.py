@@ -1,7 +1,9 @@
 """Reports: a FindHeadsResult -> one self-contained offline HTML file + PNG figures beside it.
 
     html.py     FindHeadsResult -> HTML (circuitsvis bundle inlined once; numbers from the result alone)
-    plots.py    FindHeadsResult -> matplotlib figures (PNG)
+    diagram.py  result -> the circuit diagram (inline SVG, also saved as SVG and PNG)
+    cards.py    result -> the model card and the per-head evidence cards (mean attention as inline SVG)
+    plots.py    FindHeadsResult -> matplotlib figures (PNG; patching heatmaps and mean attention also SVG)
     browser.py  headless Chromium: DOM dump and screenshots, for tests and docs
 
 Reading the report: docs/report.md. Importing this package is cheap (no torch, no matplotlib).

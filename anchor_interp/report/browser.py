@@ -46,12 +46,14 @@ def _browser_cmd(browser: str | None, budget_ms: int) -> list[str]:
 
 
 def dump_dom(html_path: str | os.PathLike, *, browser: str | None = None, budget_ms: int = 8000,
-             timeout_s: float = 120) -> str:
+             timeout_s: float = 120, width: int | None = None, height: int = 900) -> str:
     """The DOM of ``html_path`` after headless Chromium ran its scripts for ``budget_ms`` of virtual
-    time, offline. Raises RuntimeError if there is no browser or it fails."""
+    time, offline. ``width`` (CSS pixels): the window width the page is laid out at (Chromium's default
+    when None). Raises RuntimeError if there is no browser or it fails."""
 
     url = Path(html_path).resolve().as_uri()
-    proc = subprocess.run([*_browser_cmd(browser, budget_ms), "--dump-dom", url], capture_output=True,
+    size = [f"--window-size={width},{height}"] if width else []
+    proc = subprocess.run([*_browser_cmd(browser, budget_ms), *size, "--dump-dom", url], capture_output=True,
                           text=True, timeout=timeout_s)
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"chromium --dump-dom failed (exit {proc.returncode}): {proc.stderr[-500:]}")

@@ -26,6 +26,8 @@ from typing import Any
 
 from anchor_interp.atomic import write_file_set
 from anchor_interp.names import head_name
+from anchor_interp.report.cards import head_cards, model_card
+from anchor_interp.report.diagram import circuit_layout, circuit_svg
 from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores
 
 BUNDLE_MARKER = "anchor-interp-circuitsvis-bundle"
@@ -58,22 +60,32 @@ def json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict | None = None) -> dict[str, Path]:
-    """Every file `write_report` would write: ``{"html": path, "<figure>": png path, ...}``.
+def _svg_export(name: str) -> bool:
+    """Figures also exported as SVG: the circuit diagram, the patching heatmaps and the mean attention."""
+    return name == "circuit" or name == "mean_attention" or name.startswith("patching_")
 
-    PNGs go next to the HTML as ``<stem>_<figure>.png``. With ``result=None``: every file a find_heads
+
+def report_paths(path: str | os.PathLike, result: FindHeadsResult | dict | None = None) -> dict[str, Path]:
+    """Every file `write_report` would write: ``{"html": path, "<figure>": png path, "<figure>.svg": svg
+    path, ...}``.
+
+    Figures go next to the HTML as ``<stem>_<figure>.png`` (and ``<stem>_<figure>.svg`` for the circuit
+    diagram, the patching heatmaps and the mean attention). With ``result=None``: every file a find_heads
     result can lead to (so a caller can refuse to overwrite before computing anything).
     """
     from anchor_interp.report.plots import _slug, figure_names
 
     path = Path(path)
     if result is None:
-        names = ["head_patterns", *("patching_" + _slug(n) for n, _, _ in PATCHING_SWEEPS), "ablation", "history"]
+        names = ["head_patterns", *("patching_" + _slug(n) for n, _, _ in PATCHING_SWEEPS), "ablation", "history",
+                 "mean_attention"]
     else:
         names = figure_names(result.to_dict() if isinstance(result, FindHeadsResult) else result)
     out = {"html": path}
-    for name in names:
+    for name in ["circuit", *names]:
         out[name] = path.with_name(f"{path.stem}_{name}.png")
+        if _svg_export(name):
+            out[f"{name}.svg"] = path.with_name(f"{path.stem}_{name}.svg")
     return out
 
 
@@ -94,17 +106,28 @@ def write_report(
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"report path {path} must end in .html")
-    from anchor_interp.report.plots import figure_names, figure_png, result_figures
+    from anchor_interp.report.diagram import circuit_figure, circuit_layout, circuit_svg
+    from anchor_interp.report.plots import figure_png, figure_svg, result_figures
 
     d = res.to_dict()
-    names = figure_names(d) if figures else []
-    targets = [path] + [path.with_name(f"{path.stem}_{n}.png") for n in names] + [Path(p) for p in extra_files or {}]
+    planned = report_paths(path, d) if figures else {"html": path}
+    targets = list(planned.values()) + [Path(p) for p in extra_files or {}]
     if not overwrite:  # check before drawing anything
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"would overwrite {', '.join(existing)}; pass overwrite=True (CLI: --force)")
-    pngs = {name: figure_png(fig) for name, fig in result_figures(d).items()} if figures else {}
-    files = {path.with_name(f"{path.stem}_{name}.png"): data for name, data in pngs.items()}
+    pngs: dict[str, bytes] = {}
+    files: dict[Path, bytes] = {}
+    if figures:
+        layout = circuit_layout(d)
+        drawn = {"circuit": circuit_figure(layout), **result_figures(d)}
+        for name, fig in drawn.items():
+            pngs[name] = figure_png(fig)
+            files[planned[name]] = pngs[name]
+            if f"{name}.svg" in planned:
+                fig.set_layout_engine("none")  # keep the layout the PNG draw computed: same picture, ~40% faster
+                files[planned[f"{name}.svg"]] = (circuit_svg(layout).encode("utf-8") if name == "circuit"
+                                                 else figure_svg(fig))
     files[path] = render_html(res, pngs).encode("utf-8")
     files.update({Path(p): data for p, data in (extra_files or {}).items()})
     stale = [p for p in report_paths(path).values() if p not in files] if overwrite else []
@@ -118,7 +141,7 @@ def write_report(
 _CSS = """
 .banner { background: #b00020; color: #fff; padding: 0.8em 1em; font-weight: bold; margin: 1em 0; }
 tr.borderline td.label { font-style: italic; }
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1240px;
  padding:16px 24px;color:#222}
 h1{font-size:1.5em;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
@@ -140,6 +163,17 @@ figure{margin:12px 0} figure img{max-width:100%} figcaption{font-size:13px;color
 .cv div:has(> div > div > h4){flex:0 0 104px!important;max-width:104px!important;width:104px!important}
 .cv h4{position:static!important;font-size:12px!important;line-height:1.2;white-space:normal;overflow-wrap:anywhere}
 .layers{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:8px 20px}
+.diagram{overflow-x:auto;max-width:100%} .diagram svg{display:block}
+.card-cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:0 28px}
+table caption{text-align:left;font-size:13px;color:#555;padding:2px 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:0}
+.card.borderline{border-style:dashed} .card h3{margin:4px 0;font-size:16px}
+.card-body{display:flex;gap:12px;align-items:flex-start} .card-main{flex:1 1 auto;min-width:0}
+.card .facts{font-size:13px;margin:4px 0} td.nw,span.nw{white-space:nowrap} td.routes{min-width:150px} .card table{font-size:13px} .mean-attn-box{flex:0 0 auto;margin:0}
+.mean-attn-box figcaption{font-size:12px;max-width:190px}
+.tag{font-size:13px;font-weight:normal;padding:1px 6px;border-radius:3px;background:#eee}
+.tag.shift{background:#dbeafe} .tag.broadcast{background:#fde68a}
 """
 
 # Draw every attention plot from its JSON props, then sort tables on header click.
@@ -212,9 +246,10 @@ def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -
         f"<h1>{_e(_title(d))}</h1>",
         _banner(d),
         _verdict_section(d),
-        _header(d),
-        _accuracy_section(d),
+        _circuit_section(d),
+        model_card(d),
         _heads_section(d),
+        head_cards(d),
         _patterns_section(d),
         _evidence_section(d, pngs),
         _history_section(d, pngs),
@@ -224,6 +259,26 @@ def render_html(result: FindHeadsResult, pngs: dict[str, bytes] | None = None) -
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _circuit_section(d: dict[str, Any]) -> str:
+    """The circuit diagram (docs/report.md, "Circuit diagram"), inlined as SVG."""
+    if not d.get("heads"):
+        return ""
+    svg = circuit_svg(circuit_layout(d), element_id="circuit")
+    thr = ((d.get("labelling") or {}).get("thresholds") or {}).get("route")
+    thr_text = (f' (<span data-json-path="labelling.thresholds.route">{_e(_fmt(thr, 2))}</span>)'
+                if isinstance(thr, (int, float)) else "")
+    return (
+        '<section id="circuit-section"><h2>Circuit</h2>'
+        '<p class="note">Input positions (left) feed the labelled heads (one box per head, titled with the roles '
+        "that pass; dashed = borderline) through grey edges (the role's counterfactual: where its information "
+        "comes from). Coloured edges are the routes at or above the route threshold"
+        f"{thr_text}, numbered with their path-patching effect: into a later layer's "
+        '<strong style="color:#7c3aed">q</strong>ueries, <strong style="color:#2563eb">k</strong>eys (the flag), '
+        '<strong style="color:#059669">v</strong>alues (the value), or straight to the <strong style="color:#dc2626">logits</strong>. '
+        f'Also saved as <code>*_circuit.svg</code> / <code>.png</code>.</p><div class="diagram">{svg}</div></section>'
+    )
 
 
 def _banner(d: dict[str, Any]) -> str:
@@ -243,48 +298,6 @@ def _title(d: dict[str, Any]) -> str:
     m, t = d.get("model") or {}, d.get("task") or {}
     return f"find_heads: {t.get('name', 'task')} on {m.get('preset') or 'model'} ({m.get('source', '')})".replace(
         " ()", ""
-    )
-
-
-def _header(d: dict[str, Any]) -> str:
-    m, t, acc = d.get("model") or {}, d.get("task") or {}, d.get("accuracy") or {}
-    dims = f"{m.get('n_layers', '?')} layers × {m.get('n_heads', '?')} heads"
-    extra = []
-    for k in ("d_model", "d_head", "attn_only", "causal", "n_ctx", "d_vocab"):
-        if k in m:
-            extra.append(f"{k}={m[k]}")
-    n_params = m.get("n_params")
-    rows = [
-        ("model", f"{m.get('preset') or '–'}: {dims}, "
-                  f"{n_params:,} parameters" if isinstance(n_params, int) else f"{m.get('preset') or '–'}: {dims}"),
-        ("model details", ", ".join(extra) or "–"),
-        ("source", m.get("source") or "–"),
-        ("task", f"{t.get('name', '?')} {json.dumps(t.get('params', {}), sort_keys=True)}"),
-        ("held-out accuracy", f"{_fmt(acc.get('overall'))} on {acc.get('n', '?')} {acc.get('split', 'test')} rows"
-                              + (" of the unmasked groups" if acc.get("n_masked") else "")),
-        *([("masked groups (never trained)", f"{_fmt(acc.get('masked_accuracy'))} on {acc['n_masked']} rows")]
-          if acc.get("n_masked") else []),
-        ("seed", d.get("seed")),
-        ("command", d.get("command") or "–"),
-        ("package version", f"anchor_interp {d.get('package_version')} (result schema {d.get('schema_version')})"),
-    ]
-    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
-    return f'<dl class="meta" id="header">{items}</dl>'
-
-
-def _accuracy_section(d: dict[str, Any]) -> str:
-    groups = (d.get("accuracy") or {}).get("groups") or []
-    if not groups:
-        return ""
-    body = "".join(
-        f"<tr><td>{_e(g.get('name'))}</td><td>{'masked (never trained)' if g.get('masked') else 'trained'}</td>"
-        f'<td class="num">{_e(g.get("n"))}</td><td class="num">{_e(_fmt(g.get("accuracy")))}</td></tr>'
-        for g in groups
-    )
-    return (
-        '<h2 id="accuracy">Held-out accuracy per group</h2>'
-        '<table id="accuracy-table"><thead><tr><th>group</th><th>status</th><th>rows</th><th>accuracy</th></tr>'
-        f"</thead><tbody>{body}</tbody></table>"
     )
 
 

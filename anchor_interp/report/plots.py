@@ -33,6 +33,62 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def figure_svg(fig) -> bytes:
+    """SVG bytes of ``fig`` (text as text, no date, fixed element ids: the same figure gives the same bytes)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "anchor-interp", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
+
+
+def plot_mean_attention(mean_attention: dict[str, Any], heads: list[dict[str, Any]]):
+    """Every head's anchor-aligned mean attention (``FindHeadsResult.mean_attention``) as one mosaic image:
+    a layer x head grid of panels, each with rows = query offset from the anchor and columns = key
+    offset, colour in [0, 1] (grey: no row reaches the cell; the anchor's row and column are at the
+    ticks marked 0). One image in one axes, so that drawing and saving stay fast.
+    Raises ValueError if the result has no mean attention."""
+    import numpy as np
+
+    values, offsets = mean_attention.get("values"), mean_attention.get("offsets")
+    if not values or not offsets:
+        raise ValueError("plot_mean_attention: the result has no mean attention (not computed)")
+    lo, hi = offsets
+    n = hi - lo + 1
+    names = {(h.get("layer"), h.get("head")): h for h in heads}
+    n_layers, n_heads = len(values), len(values[0])
+    gap = 2
+    mosaic = np.full((n_layers * (n + gap) - gap, n_heads * (n + gap) - gap), np.nan)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            r, c = layer * (n + gap), head * (n + gap)
+            mosaic[r:r + n, c:c + n] = np.array(_as_matrix(values[layer][head]))
+    fig = _figure(1.7 * n_heads + 1.2, 1.8 * n_layers + 0.6)
+    ax = fig.add_subplot()
+    cmap = __import__("matplotlib").colormaps["Blues"].with_extremes(bad="#f1f5f9")
+    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ticks = sorted({lo, 0, hi})
+    ax.set_xticks([h * (n + gap) + t - lo for h in range(n_heads) for t in ticks])
+    ax.set_xticklabels([f"{t:+d}" for _ in range(n_heads) for t in ticks], fontsize=7)
+    ax.set_yticks([layer * (n + gap) + t - lo for layer in range(n_layers) for t in ticks])
+    ax.set_yticklabels([f"{t:+d}" for _ in range(n_layers) for t in ticks], fontsize=7)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            h = names.get((layer, head), {"name": f"L{layer}H{head}", "label": None})
+            ax.text(head * (n + gap) + n / 2 - 0.5, layer * (n + gap) - 0.8, _head_title(h), ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xlabel("key offset from the anchor (per head)", fontsize=8)
+    ax.set_ylabel("query offset from the anchor", fontsize=8)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("anchor-aligned mean attention", fontsize=9, pad=14)
+    fig.colorbar(im, ax=ax, label="mean attention", shrink=0.8)
+    return fig
+
+
 def _as_matrix(values: Any) -> list[list[float]]:
     """A 2-D list of floats (None -> nan) from nested lists; ValueError if it is not rectangular 2-D."""
     if not isinstance(values, list) or not values or not all(isinstance(r, list) for r in values):
@@ -229,6 +285,9 @@ def _figure_plan(result: dict[str, Any]) -> list[tuple[str, Any]]:
     hist = result.get("history") or []
     if hist and all(("step" in r or "epoch" in r) for r in hist):
         plan.append(("history", lambda: plot_history(hist)))
+    ma = result.get("mean_attention") or {}
+    if ma.get("values") and ma.get("offsets"):
+        plan.append(("mean_attention", lambda: plot_mean_attention(ma, heads)))
     return plan
 
 
@@ -241,7 +300,7 @@ def result_figures(result: dict[str, Any]) -> dict[str, Any]:
     """Every figure ``result`` (a FindHeadsResult dict) supports, by file-name stem, in report order.
 
     Names: ``head_patterns``, ``patching_<name>`` for each 2-D patching result, ``ablation``,
-    ``history``. Parts the result lacks are left out; nothing raises for a partial result.
+    ``history``, ``mean_attention``. Parts the result lacks are left out; nothing raises for a partial result.
     """
     return {name: draw() for name, draw in _figure_plan(result)}
 

@@ -56,6 +56,7 @@ from anchor_interp.scores.cache import cached_activations
 
 __all__ = [
     "PatternScores",
+    "anchor_aligned_sums",
     "attention_patterns",
     "is_causal",
     "normalised_mass",
@@ -316,3 +317,38 @@ def task_pattern_scores(
          out["last_row_to_pair"]]
     ).max(0).values
     return out
+
+
+def anchor_aligned_sums(
+    patterns: Float[Tensor, "batch layer head dest_pos src_pos"], anchor_pos: Int[Tensor, " batch"]
+) -> tuple[Float[Tensor, "layer head q_off k_off"], Int[Tensor, "q_off k_off"]]:
+    """Attention summed over rows with positions re-indexed relative to each row's anchor, and the row counts.
+
+    Row ``b`` with its anchor at ``a`` adds ``patterns[b, l, h, d, s]`` into cell
+    ``[l, h, d - a + (T - 1), s - a + (T - 1)]``: both axes are offsets from the anchor, from ``-(T - 1)``
+    (index 0) to ``T - 1`` (index ``2T - 2``). ``counts[q, k]`` is the number of rows that reach that cell
+    (the same for every head), so ``sums / counts`` is the anchor-aligned mean attention: a shift shows as
+    one bright off-diagonal, a broadcast of the slot at anchor + j as one column at ``k_off = j``.
+    Rows whose anchor is -1 (no anchor) are left out. Add the sums and counts of several chunks of rows
+    to get the mean over all of them.
+
+    Raises ValueError if ``patterns`` is not 5-D with square position axes or ``anchor_pos`` does not
+    have one entry per row.
+    """
+    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
+        raise ValueError(f"anchor_aligned_sums: patterns must be (batch, layer, head, T, T), got {tuple(patterns.shape)}")
+    if anchor_pos.shape != patterns.shape[:1]:
+        raise ValueError(f"anchor_aligned_sums: anchor_pos has shape {tuple(anchor_pos.shape)}, "
+                         f"expected ({patterns.shape[0]},)")
+    _, L, H, T, _ = patterns.shape
+    sums = torch.zeros(L, H, 2 * T - 1, 2 * T - 1, dtype=torch.float64)
+    counts = torch.zeros(2 * T - 1, 2 * T - 1, dtype=torch.int64)
+    anchors = anchor_pos.detach().cpu()
+    for a in sorted(set(anchors.tolist())):
+        if not 0 <= a < T:
+            continue
+        rows = (anchors == a).nonzero().squeeze(-1)  # (n_a,)
+        lo = T - 1 - a  # index of offset -a, i.e. position 0
+        sums[:, :, lo:lo + T, lo:lo + T] += patterns[rows.to(patterns.device)].detach().double().sum(0).cpu()  # (L, H, T, T)
+        counts[lo:lo + T, lo:lo + T] += len(rows)
+    return sums, counts

@@ -152,8 +152,10 @@ def test_report_of_a_partial_result_renders(tmp_path):
         d[key] = empty
     path = report.write_report(d, tmp_path / "partial.html")
     text = path.read_text()
-    assert len(re.findall(r'data-head="L\dH\d"', text)) == 8
-    assert sorted(os.listdir(tmp_path)) == ["partial.html"]
+    assert len(re.findall(r'<tr[^>]*data-head="L\dH\d"', text)) == 8  # the head table
+    assert len(re.findall(r'<div class="card[^"]*"[^>]*data-head="L\dH\d"', text)) == 8  # the evidence cards
+    # the circuit diagram is drawn from the heads alone; no other figure
+    assert sorted(os.listdir(tmp_path)) == ["partial.html", "partial_circuit.png", "partial_circuit.svg"]
 
 
 def _browser_or_fail() -> str:

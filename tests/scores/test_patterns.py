@@ -125,3 +125,27 @@ def test_bad_inputs_raise_value_errors(gt_model, no_shape_checks):
         P.attention_patterns(gt_model, torch.zeros(2, 5))
     with pytest.raises(ValueError, match="anchor_pos"):
         P.task_pattern_scores(_uniform_patterns(9, True), torch.zeros(2, dtype=torch.long), torch.ones(3, dtype=torch.long))
+
+
+def test_anchor_aligned_sums_put_a_shift_on_one_diagonal_and_a_broadcast_in_one_column():
+    """A previous-token head lands on the sub-diagonal (k_off = q_off - 1) and a head reading anchor + 1
+    lands in the column k_off = +1, whatever the anchor's position; counts are the rows reaching a cell."""
+    from anchor_interp.scores.patterns import anchor_aligned_sums
+
+    T = 6
+    anchors = torch.tensor([1, 3, 3, -1])
+    pats = torch.zeros(4, 1, 2, T, T)
+    for b, a in enumerate(anchors.tolist()):
+        pats[b, 0, 0, 0, 0] = 1.0
+        pats[b, 0, 0, torch.arange(1, T), torch.arange(T - 1)] = 1.0  # previous token
+        pats[b, 0, 1, :, max(a, 0) + 1] = 1.0  # the position after the anchor
+    sums, counts = anchor_aligned_sums(pats, anchors)
+    assert sums.shape == (1, 2, 2 * T - 1, 2 * T - 1) and counts.shape == (2 * T - 1, 2 * T - 1)
+    mean = sums / counts.clamp_min(1)
+    c = T - 1  # index of offset 0
+    assert counts[c, c] == 3 and counts[c - 3, c - 3] == 2 and counts[c + 4, c + 4] == 1  # the -1 row left out
+    for q in range(-3, T - 1):
+        if q - 1 >= -3:
+            assert mean[0, 0, c + q, c + q - 1] == 1.0
+    assert float(mean[0, 1].sum()) == pytest.approx(float((counts[:, c + 1] > 0).sum()))  # nothing outside it
+    assert torch.allclose(mean[0, 1, :, c + 1][counts[:, c + 1] > 0], torch.ones(int((counts[:, c + 1] > 0).sum()), dtype=mean.dtype))
