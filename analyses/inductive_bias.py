@@ -152,13 +152,11 @@ def plan_stacks(cmd: str, args) -> list[dict]:
 def build_model(variant: str, preset: str, task, seed: int):
     """A fresh model of ``variant`` (VARIANTS) with the sizes of ``preset``."""
     from anchor_interp.models import PRESETS, make_model, model_config
-    from anchor_interp.models.reference import make_reference_model
+    from anchor_interp.models.reference import ReferenceTransformer, reference_config
 
     spec, p = VARIANTS[variant], PRESETS[preset]
     if spec["arch"] == "reference":
-        return make_reference_model(task, seed=seed, n_layers=p.n_layers, n_heads=p.n_heads, d_model=p.d_model,
-                                    d_head=p.d_head, d_mlp=p.d_mlp, act_fn=p.act_fn or "relu",
-                                    attention_dir=p.attention_dir)
+        return ReferenceTransformer(reference_config(preset, task), seed=seed)
     cfg = model_config(preset, task, normalization_type=spec["norm"])
     init = spec["init"]
     return make_model(cfg, task, seed=seed, init_gamma=p.init_gamma if init == "preset" else init)

@@ -46,6 +46,8 @@ DEFAULTS = {"task": "identity", "preset": "small", "recipe": "fast", "seed": 0} 
 META_FILE = "checkpoint.json"  # anchor_interp.models.checkpoint.META_FILE
 
 
+UNSET = object()  # --init-gamma not given (None means TransformerLens' init)
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = _Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="task name (anchor_interp.tasks.list_tasks()); default identity")
@@ -59,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=parse_pos_int("--epochs"), help="number of epochs (passes over N sequences)")
     ap.add_argument("--data", choices=("fixed", "fresh"), help="fixed N sequences (default) or fresh every step")
     ap.add_argument("--early-stop", type=float, metavar="ACC", help="stop at this held-out accuracy, e.g. 0.99")
-    ap.add_argument("--init-gamma", type=parse_init_gamma, metavar="GAMMA|tl|torch|preset", default="unset",
+    ap.add_argument("--init-gamma", type=parse_init_gamma, metavar="GAMMA|tl|torch|preset", default=UNSET,
                     help="init std = d_in ** -GAMMA for every weight matrix; 'tl': TransformerLens' init; 'torch': "
                          "PyTorch's default init (the authors'); default 'preset': the preset's choice (0.75 for "
                          "paper, TransformerLens' for the others)")
@@ -168,7 +170,7 @@ def resumed_settings(args, dirs: list[Path]):
     for field, given, saved in checks:
         if given is not None and given != saved:
             raise _contradiction(field, given, saved, where)
-    if args.init_gamma != "unset":
+    if args.init_gamma is not UNSET:
         raise UsageError("--resume: --init-gamma does not apply (the weights come from the checkpoint); drop it")
     return task, meta["preset"], recipe, seeds, config_from_dict(meta["model_config"])
 
@@ -208,7 +210,7 @@ def train_and_report(args, dirs, task, preset, recipe, seeds, cfg, device) -> in
     from anchor_interp.models import count_parameters, make_model
     from anchor_interp.training import TrainingInterrupted, train_many
 
-    gamma = "preset" if args.init_gamma == "unset" else args.init_gamma  # None: TransformerLens' init
+    gamma = "preset" if args.init_gamma is UNSET else args.init_gamma  # None: TransformerLens' init
     try:
         models = [make_model(cfg, task, seed=s, init_gamma=gamma, device=device) for s in seeds]
     except ValueError as e:

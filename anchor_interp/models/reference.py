@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from anchor_interp.models.blocks import ACTIVATIONS, masked_softmax
 
-__all__ = ["ReferenceConfig", "ReferenceTransformer", "make_reference_model", "reference_stacked_forward"]
+__all__ = ["ReferenceConfig", "ReferenceTransformer", "make_reference_model", "reference_config",
+           "reference_stacked_forward"]
 
 
 @dataclass
@@ -122,6 +123,23 @@ class ReferenceTransformer(nn.Module):
     def forward(self, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq d_vocab"]:
         params = {n: p[None] for n, p in self.named_parameters()}  # (1, *shape)
         return reference_stacked_forward(params, self.cfg, tokens[None], last_only=False)[0]
+
+
+def reference_config(preset: str, task, **overrides) -> ReferenceConfig:
+    """The ReferenceConfig with the sizes of a model preset (``anchor_interp.models.PRESETS``), the task's
+    vocabulary and length, and ``overrides`` (ReferenceConfig fields, e.g. ``attention_dir``). Raises
+    ValueError for an unknown preset or field."""
+    from anchor_interp.models.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    sizes = dict(n_layers=p.n_layers, n_heads=p.n_heads, d_model=p.d_model, d_head=p.d_head, d_mlp=p.d_mlp,
+                 act_fn=p.act_fn or "relu", attention_dir=p.attention_dir)
+    try:
+        return ReferenceConfig(d_vocab=task.vocab_size, n_ctx=task.seq_len, **{**sizes, **overrides})
+    except TypeError as e:
+        raise ValueError(f"reference model overrides {sorted(overrides)}: {e}") from None
 
 
 def make_reference_model(task, *, seed: int, device: str | torch.device = "cpu", **sizes) -> ReferenceTransformer:

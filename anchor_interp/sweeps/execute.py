@@ -61,29 +61,12 @@ def _build_hooked(run: RunSpec):
     return make_model(cfg, task, seed=s["seed"], init_gamma=s["init_gamma"])
 
 
-def reference_sizes(preset: str, task, overrides: dict):
-    """The ReferenceConfig of the authors' architecture with ``preset``'s sizes and ``overrides`` (its
-    fields, e.g. ``attention_dir``). Raises ValueError for an unknown preset or a bad field."""
-    from anchor_interp.models import PRESETS
-    from anchor_interp.models.reference import ReferenceConfig
-
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    sizes = dict(n_layers=p.n_layers, n_heads=p.n_heads, d_model=p.d_model, d_head=p.d_head, d_mlp=p.d_mlp,
-                 act_fn=p.act_fn or "relu", attention_dir=p.attention_dir)
-    try:
-        return ReferenceConfig(d_vocab=task.vocab_size, n_ctx=task.seq_len, **{**sizes, **overrides})
-    except TypeError as e:
-        raise ValueError(f"reference model overrides {overrides}: {e}") from None
-
-
 def _build_reference(run: RunSpec):
     """The authors' post-LN model (anchor_interp.models.reference) with the preset's sizes, PyTorch's init."""
-    from anchor_interp.models.reference import ReferenceTransformer
+    from anchor_interp.models.reference import ReferenceTransformer, reference_config
 
     s = run.settings
-    return ReferenceTransformer(reference_sizes(s["preset"], _task(s), s["model"]), seed=s["seed"])
+    return ReferenceTransformer(reference_config(s["preset"], _task(s), **s["model"]), seed=s["seed"])
 
 
 # settings["arch"] -> a function RunSpec -> a fresh model on the CPU (spec.ARCHS names the same keys)

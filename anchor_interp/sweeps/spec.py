@@ -340,9 +340,9 @@ def _check_model(preset, task: dict, overrides: dict, arch: str = "hooked") -> N
 
     try:
         if arch == "reference":
-            from anchor_interp.sweeps.execute import reference_sizes
+            from anchor_interp.models.reference import reference_config
 
-            reference_sizes(preset, make_task(task["name"], **task["params"]), overrides)
+            reference_config(preset, make_task(task["name"], **task["params"]), **overrides)
             return
         model_config(preset, make_task(task["name"], **task["params"]), **overrides)
     except (ValueError, TypeError) as e:

@@ -86,7 +86,7 @@ def test_kill_9_mid_sweep_then_rerun_gives_the_same_table(tmp_path):
     and gives the table of an uninterrupted in-process run. (Killed between checkpoint writes, as almost
     always: a kill while a stack's checkpoints are being written resumes them in two groups, equal to float
     tolerance only; docs/sweeps.md.)"""
-    text = tiny_text(name="killed", epochs=4, n_train="[200, 240]", batch_size=10, find_heads=False)
+    text = tiny_text(name="killed", epochs=10, n_train="[200, 240]", batch_size=10, find_heads=False)
     f = tmp_path / "s.toml"
     f.write_text(text)
     cmd = [sys.executable, str(ROOT / "analyses" / "sweep.py"), "run", str(f), "--max-stack", "2",
@@ -123,4 +123,4 @@ def test_kill_9_mid_sweep_then_rerun_gives_the_same_table(tmp_path):
     assert [r["status"] for r in a] == ["done"] * 4
     assert a == b
     hist = json.loads(next((tmp_path / "a" / "runs").glob("*/checkpoint.json")).read_text())["history"]
-    assert [h["epoch"] for h in hist] == list(range(1, 5))
+    assert [h["epoch"] for h in hist] == list(range(1, 11))
