@@ -8,6 +8,11 @@ Pattern scores come from :mod:`anchor_interp.scores.patterns`, weight scores fro
 evidence is, with a task, each head's candidate roles with their routes (:mod:`anchor_interp.labels.roles`)
 and, without one, the share of the KL of ablating every head. Every score is in [0, 1] unless its name
 says otherwise (docs/concepts.md).
+
+Rows are streamed in chunks of :data:`anchor_interp.scores.cache.CHUNK_ROWS`: DLA, per-head ablation and
+the clean predictions are reductions over every row; the attention-pattern scores and the counterfactual
+role evidence read the first :data:`~anchor_interp.scores.cache.FIRST_ROWS` rows, and say so in a note
+(docs/performance.md, "Memory"). With at most one chunk of rows every scorer reads the one clean run.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from torch import Tensor
 
 from anchor_interp.labels.records import Thresholds, clip01
 from anchor_interp.labels.roles import CausalEvidence, RoleEvidence, measure_roles
+from anchor_interp.scores import cache as _cache
 from anchor_interp.scores.ablation import ablate, per_head_ablation
-from anchor_interp.scores.cache import clean_run
+from anchor_interp.scores.cache import clean_run, row_chunks
 from anchor_interp.scores.patterns import attention_patterns, is_causal, pattern_scores, task_pattern_scores
 from anchor_interp.scores.weights import (
     direct_logit_attribution,
@@ -30,7 +36,13 @@ from anchor_interp.scores.weights import (
     weight_evidence_notes,
 )
 
-__all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "gather_evidence"]
+__all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "first_rows", "gather_evidence"]
+
+
+def first_rows(batch):
+    """The first :data:`~anchor_interp.scores.cache.FIRST_ROWS` rows of ``batch`` (all of them when it has fewer):
+    what the counterfactual role evidence, its intervals and its stability folds read."""
+    return batch if len(batch) <= _cache.FIRST_ROWS else batch.select(slice(0, _cache.FIRST_ROWS))
 
 MIN_BASE_ACCURACY = 0.1  # below this held-out accuracy, relative accuracy drops are not computed
 TASK_SCORE_KEYS = ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
@@ -71,18 +83,24 @@ class ModelEvidence:
     baseline: dict[str, float]
     notes: list[str] = field(default_factory=list)
     causal: CausalEvidence | None = None
-    clean_logits: Tensor | None = None  # (B, T, V): the one clean run of the rows
+    clean_pred: Tensor | None = None  # (B,): the clean run's argmax at the last position, every row
 
 
 def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds: Thresholds, method: str,
                     seed: int) -> ModelEvidence:
     """Measure every piece of evidence the rule reads, once. ``batch``/``task``: both or neither."""
     causal = is_causal(model)
-    logits, cache = clean_run(model, tokens)  # the one clean run every scorer below reads
-    pats = attention_patterns(model, tokens, cache=cache)  # (B, L, H, T, T)
+    n = tokens.shape[0]
+    first = slice(0, min(n, _cache.FIRST_ROWS))
+    logits, cache = clean_run(model, tokens[first])  # the one clean run every scorer below reads (first rows)
+    pats = attention_patterns(model, tokens[first], cache=cache)  # (B', L, H, T, T)
     ps = pattern_scores(pats, causal)
-    ts = task_pattern_scores(pats, batch.anchor_pos, batch.key_pos, causal) if batch is not None else None
+    ts = (task_pattern_scores(pats, batch.anchor_pos[first], batch.key_pos[first], causal) if batch is not None
+          else None)
     del pats
+    clean_pred = _clean_predictions(model, tokens, logits)
+    if n > _cache.CHUNK_ROWS:  # streamed: the scorers below run chunk by chunk, without the first rows' cache
+        logits = cache = None
     token_ids = None
     if task is not None:
         ids = [t for t in task.target_ids() if t < model.cfg.d_vocab]
@@ -98,8 +116,35 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
         for head in range(model.cfg.n_heads):
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
     notes = causal_ev["notes"] + weight_evidence_notes(model, token_ids)  # weight scores that do not apply
+    if n > first.stop:
+        notes.append(f"attention-pattern scores read the first {first.stop} of the {n} rows; DLA and ablation "
+                     "read every row (docs/performance.md, Memory)")
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         notes, causal_ev.get("roles"), logits)
+                         notes, causal_ev.get("roles"), clean_pred)
+
+
+@torch.no_grad()
+def _clean_predictions(model, tokens: Tensor, first_logits: Tensor) -> Tensor:
+    """The clean argmax at the last position of every row (B,): the first chunk's from ``first_logits``,
+    the rest run chunk by chunk."""
+    preds = [first_logits[:, -1].argmax(-1)]
+    rest = tokens[first_logits.shape[0]:]
+    for sl in row_chunks(rest.shape[0] if len(rest) else 0, desc="clean run"):
+        if sl.stop > sl.start:
+            preds.append(model(rest[sl])[:, -1].argmax(-1))
+    return torch.cat(preds)
+
+
+@torch.no_grad()
+def _streamed_dla(model, tokens: Tensor, answer: Tensor, cache) -> Tensor:
+    """Mean direct logit attribution over every row (layer, head): one call with ``cache`` (a run of all of
+    ``tokens``) or, without it, a row-weighted mean over chunks."""
+    if cache is not None:
+        return direct_logit_attribution(model, tokens, answer, cache=cache)
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
+    for sl in row_chunks(tokens.shape[0], desc="DLA"):
+        total += direct_logit_attribution(model, tokens[sl], answer[sl]).double() * (sl.stop - sl.start)
+    return (total / tokens.shape[0]).float()
 
 
 def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean) -> dict:
@@ -108,7 +153,7 @@ def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, caus
     notes: list[str] = []
     baseline: dict[str, float] = {}
     logits, cache = clean
-    dla = dla_share(direct_logit_attribution(model, tokens, batch.targets.clamp_min(0), cache=cache))
+    dla = dla_share(_streamed_dla(model, tokens, batch.targets.clamp_min(0), cache))
     abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed, cache=cache,
                             clean_logits=logits)
     base_acc = float(abl["base_accuracy"])
@@ -118,7 +163,7 @@ def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, caus
     else:  # a relative drop from (almost) nothing is noise
         acc_drop = torch.zeros_like(abl["accuracy"])
         notes.append(f"held-out accuracy {base_acc:.3f} < {MIN_BASE_ACCURACY}: accuracy drops are set to 0")
-    roles = measure_roles(model, batch, task, thresholds=th, seed=seed, causal=causal)
+    roles = measure_roles(model, first_rows(batch), task, thresholds=th, seed=seed, causal=causal)
     notes += roles.notes
     for kind, run in roles.runs.items():
         baseline[f"logit_gap_{kind}"] = run["logit_gap"]
