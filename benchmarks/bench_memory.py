@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                     help="find_heads --n-samples, one run per value (0: its default)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--json", type=parse_output_file("--json"), default=None)
-    ap.add_argument("--quick", action="store_true", help="< 60 s: our head-output sweep at batch 4 only")
+    ap.add_argument("--quick", action="store_true", help="< 60 s: our head-output sweep at batch 4 and find_heads on 40 rows")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.batch < 1 or min(args.n_samples) < 0:
@@ -185,8 +185,8 @@ def main(argv=None) -> int:
     if not Path("/proc/self/clear_refs").exists():
         print("needs Linux (/proc/self/clear_refs)", file=sys.stderr)
         return 2
-    if args.quick:
-        args.cases, args.batch = ["ours:patch_head_out"], 4
+    if args.quick:  # our head-output sweep at batch 4, find_heads on 40 rows
+        args.cases, args.batch, args.n_samples = ["ours:patch_head_out", "find_heads"], 4, [40]
     results = []
     print(f"{'case':<26}{'peak (MiB)':>11}{'rise (MiB)':>11}{'wall (s)':>10}   caches")
     runs = [(c, n) for c in args.cases for n in (args.n_samples if c == "find_heads" else [0])]

@@ -207,7 +207,10 @@ def test_streamed_in_chunks_gives_the_same_result(default_model, monkeypatch):
 
     model, task = default_model
     kw = dict(seed=1, n_samples=96, n_examples=0, patching=False)
-    whole = find_heads(model, task, **kw).to_dict()
+    said: list[str] = []
+    whole = find_heads(model, task, log=said.append, **kw).to_dict()
+    # progress lines say what is running; the facts (accuracy, labels) are the caller's table, printed once
+    assert said and not [m for m in said if "accuracy" in m or m.startswith("labels:")], said
     monkeypatch.setattr(cache, "CHUNK_ROWS", 40)  # 3 chunks, the last one short
     chunked = find_heads(model, task, **kw).to_dict()
     assert [(h["label"], h["offset"], h["kind"]) for h in chunked["heads"]] == \
@@ -223,3 +226,18 @@ def test_streamed_in_chunks_gives_the_same_result(default_model, monkeypatch):
     for a, b in zip(chunked["ablation"]["checks"], whole["ablation"]["checks"], strict=True):
         assert (a["accuracy"], a["passed"]) == pytest.approx((b["accuracy"], b["passed"]))
         assert a["kl"] == pytest.approx(b["kl"], rel=1e-4)
+
+
+def test_ablate_all_other_heads_is_not_a_pass_when_there_are_none(default_model):
+    """Every head in the circuit: the second check has nothing to ablate, so it is n/a (None), not passed."""
+    from types import SimpleNamespace
+
+    from anchor_interp.find_heads import _ablation_checks
+
+    model, task = default_model
+    every = [f"L{la}H{h}" for la in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    out = _ablation_checks(model, task.sample(32, split="test", seed=0), SimpleNamespace(circuit=every),
+                           method="mean", seed=0)
+    rest = out["checks"][1]
+    assert rest["name"] == "ablate all other heads" and rest["heads"] == []
+    assert rest["passed"] is None and "no other head" in rest["note"]

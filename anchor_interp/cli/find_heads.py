@@ -119,10 +119,6 @@ def _check_inputs(args) -> None:
             raise UsageError(f"--checkpoint {ck} does not exist")
         if not ck.is_dir() or not (ck / "checkpoint.json").is_file():
             raise UsageError(f"--checkpoint {ck} is not a checkpoint folder (it needs checkpoint.json and the tensor files it names)")
-        stored = _stored_task_name(ck)
-        if args.task and stored is not None and stored != args.task:
-            raise UsageError(f"--task {args.task}: checkpoint {ck} was trained on task {stored!r}; "
-                             "drop --task to use the checkpoint's own task")
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             raise UsageError(f"--from-json {args.from_json} does not exist")
@@ -247,7 +243,11 @@ def _load_model(args):
     from anchor_interp.tasks import make_task
 
     if args.checkpoint is not None:
-        task = make_task(args.task) if args.task else None
+        task = make_task(args.task) if args.task else None  # ValueError naming the known tasks
+        stored = _stored_task_name(Path(args.checkpoint))
+        if task is not None and stored is not None and stored != task.name:
+            raise UsageError(f"--task {args.task}: checkpoint {args.checkpoint} was trained on task {stored!r}; "
+                             "drop --task to use the checkpoint's own task")
         model, task = ckpt.load_checkpoint(args.checkpoint, task=task)
         folder = Path(args.checkpoint)
         return model, task, _read_history(folder), _preset_of(folder), str(folder)
