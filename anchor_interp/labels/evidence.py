@@ -9,10 +9,11 @@ evidence is, with a task, each head's candidate roles with their routes (:mod:`a
 and, without one, the share of the KL of ablating every head. Every score is in [0, 1] unless its name
 says otherwise (docs/concepts.md).
 
-Rows are streamed in chunks of :data:`anchor_interp.scores.cache.CHUNK_ROWS`: DLA, per-head ablation and
-the clean predictions are reductions over every row; the attention-pattern scores and the counterfactual
-role evidence read the first :data:`~anchor_interp.scores.cache.FIRST_ROWS` rows, and say so in a note
-(docs/performance.md, "Memory"). With at most one chunk of rows every scorer reads the one clean run.
+Rows are streamed in chunks of :data:`anchor_interp.scores.cache.CHUNK_ROWS`: the attention-pattern scores
+(from statistics summed over chunks), DLA, per-head ablation and the clean predictions are reductions over
+every row; the counterfactual role evidence reads the first :data:`~anchor_interp.scores.cache.FIRST_ROWS`
+rows, and says so in a note (docs/performance.md, "Streaming over the rows"). With at most one chunk of
+rows every scorer reads the one clean run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from anchor_interp.labels.roles import CausalEvidence, RoleEvidence, measure_rol
 from anchor_interp.scores import cache as _cache
 from anchor_interp.scores.ablation import ablate, per_head_ablation
 from anchor_interp.scores.cache import clean_run, row_chunks
-from anchor_interp.scores.patterns import attention_patterns, is_causal, pattern_scores, task_pattern_scores
+from anchor_interp.scores.patterns import (
+    add_sums,
+    attention_patterns,
+    is_causal,
+    pattern_sums,
+    scores_from_sums,
+    task_pattern_sums,
+    task_scores_from_sums,
+)
 from anchor_interp.scores.weights import (
     direct_logit_attribution,
     dla_share,
@@ -90,17 +99,8 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
                     seed: int) -> ModelEvidence:
     """Measure every piece of evidence the rule reads, once. ``batch``/``task``: both or neither."""
     causal = is_causal(model)
-    n = tokens.shape[0]
-    first = slice(0, min(n, _cache.FIRST_ROWS))
-    logits, cache = clean_run(model, tokens[first])  # the one clean run every scorer below reads (first rows)
-    pats = attention_patterns(model, tokens[first], cache=cache)  # (B', L, H, T, T)
-    ps = pattern_scores(pats, causal)
-    ts = (task_pattern_scores(pats, batch.anchor_pos[first], batch.key_pos[first], causal) if batch is not None
-          else None)
-    del pats
-    clean_pred = _clean_predictions(model, tokens, logits)
-    if n > _cache.CHUNK_ROWS:  # streamed: the scorers below run chunk by chunk, without the first rows' cache
-        logits = cache = None
+    clean = _clean_pass(model, tokens, batch, causal)  # the one clean run (chunk by chunk) every scorer reads
+    ps, ts, logits, cache = clean["ps"], clean["ts"], clean["logits"], clean["cache"]
     token_ids = None
     if task is not None:
         ids = [t for t in task.target_ids() if t < model.cfg.d_vocab]
@@ -108,7 +108,8 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
     ov = ov_copying_score(model, token_ids)
     qk_offset, qk_score = qk_positional_preference(model)
     if batch is not None:
-        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal, (logits, cache))
+        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal, (logits, cache),
+                                  clean["dla"])
     else:
         causal_ev = _ablation_effects(model, tokens, method, seed, (logits, cache))
     heads = {}
@@ -116,44 +117,45 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
         for head in range(model.cfg.n_heads):
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
     notes = causal_ev["notes"] + weight_evidence_notes(model, token_ids)  # weight scores that do not apply
-    if n > first.stop:
-        notes.append(f"attention-pattern scores read the first {first.stop} of the {n} rows; DLA and ablation "
-                     "read every row (docs/performance.md, Memory)")
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         notes, causal_ev.get("roles"), clean_pred)
+                         notes, causal_ev.get("roles"), clean["pred"])
 
 
 @torch.no_grad()
-def _clean_predictions(model, tokens: Tensor, first_logits: Tensor) -> Tensor:
-    """The clean argmax at the last position of every row (B,): the first chunk's from ``first_logits``,
-    the rest run chunk by chunk."""
-    preds = [first_logits[:, -1].argmax(-1)]
-    rest = tokens[first_logits.shape[0]:]
-    for sl in row_chunks(rest.shape[0] if len(rest) else 0, desc="clean run"):
-        if sl.stop > sl.start:
-            preds.append(model(rest[sl])[:, -1].argmax(-1))
-    return torch.cat(preds)
+def _clean_pass(model, tokens: Tensor, batch, causal: bool) -> dict:
+    """One clean run of every row, chunk by chunk (:func:`anchor_interp.scores.cache.row_chunks`): ``ps`` /
+    ``ts`` the (task) pattern scores from statistics summed over the chunks, ``dla`` (with a batch: the mean
+    direct logit attribution of the target, row-weighted over chunks), ``pred`` the argmax at the last
+    position (B,); ``logits`` / ``cache`` of the run when the rows fit one chunk (else None: the later
+    scorers stream their own runs)."""
+    n = tokens.shape[0]
+    sums = task_sums = dla = None
+    preds, column, logits, cache = [], None, None, None
+    for sl in row_chunks(n, desc="clean run"):
+        logits, cache = clean_run(model, tokens[sl])
+        pats = attention_patterns(model, tokens[sl], cache=cache)  # (b, L, H, T, T)
+        chunk = pattern_sums(pats, causal)
+        column = chunk["_column"]
+        sums = add_sums(sums, chunk)
+        if batch is not None:
+            task_sums = add_sums(task_sums, task_pattern_sums(pats, batch.anchor_pos[sl], batch.key_pos[sl], causal))
+            d = direct_logit_attribution(model, tokens[sl], batch.targets[sl].clamp_min(0), cache=cache)
+            dla = d if n <= _cache.CHUNK_ROWS else (0 if dla is None else dla) + d.double() * (sl.stop - sl.start)
+        preds.append(logits[:, -1].argmax(-1))
+    one = n <= _cache.CHUNK_ROWS
+    return {"ps": scores_from_sums(sums, causal, column=column if one else None),
+            "ts": task_scores_from_sums(task_sums) if batch is not None else None,
+            "dla": None if dla is None else (dla if one else (dla / n).float()),
+            "pred": torch.cat(preds), "logits": logits if one else None, "cache": cache if one else None}
 
 
-@torch.no_grad()
-def _streamed_dla(model, tokens: Tensor, answer: Tensor, cache) -> Tensor:
-    """Mean direct logit attribution over every row (layer, head): one call with ``cache`` (a run of all of
-    ``tokens``) or, without it, a row-weighted mean over chunks."""
-    if cache is not None:
-        return direct_logit_attribution(model, tokens, answer, cache=cache)
-    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
-    for sl in row_chunks(tokens.shape[0], desc="DLA"):
-        total += direct_logit_attribution(model, tokens[sl], answer[sl]).double() * (sl.stop - sl.start)
-    return (total / tokens.shape[0]).float()
-
-
-def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean) -> dict:
+def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean, dla) -> dict:
     """With a task: DLA share, per-head ablation accuracy drop, and every head's candidate roles.
-    ``clean``: (logits, cache) of the clean run."""
+    ``clean``: (logits, cache) of the clean run (None, None when streamed); ``dla``: the mean DLA (layer, head)."""
     notes: list[str] = []
     baseline: dict[str, float] = {}
     logits, cache = clean
-    dla = dla_share(_streamed_dla(model, tokens, batch.targets.clamp_min(0), cache))
+    dla = dla_share(dla)
     abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed, cache=cache,
                             clean_logits=logits)
     base_acc = float(abl["base_accuracy"])

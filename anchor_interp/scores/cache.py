@@ -30,8 +30,8 @@ __all__ = ["CHUNK_ROWS", "FINAL_SCALE_HOOK", "FIRST_ROWS", "cached_activations",
 
 FINAL_SCALE_HOOK = "ln_final.hook_scale"  # the final normalisation's divisor, (batch, pos, 1)
 CHUNK_ROWS = 4096  # rows per forward pass when an analysis streams over more rows than this (docs/performance.md)
-# evidence that is not a streaming reduction (attention-pattern scores, the counterfactual role evidence
-# with its bootstrap intervals and stability folds, the residual-patching heatmap) reads the first FIRST_ROWS
+# evidence that is not a streaming reduction (the counterfactual role evidence with its bootstrap intervals
+# and stability folds, the residual-patching heatmap) reads the first FIRST_ROWS
 # rows (docs/performance.md, "Memory": per-row cost and why)
 FIRST_ROWS = 4096
 PROGRESS_MIN_CHUNKS = 4  # a progress bar (stderr) over the chunks from this many chunks on (runs of seconds)
