@@ -55,7 +55,8 @@ def find_heads(
 
     ``model``: a HookedTransformer whose ``cfg.d_vocab`` / ``cfg.n_ctx`` fit ``task``. ``seed`` seeds
     every sample drawn (same seed, same result on CPU). ``n_samples`` held-out rows (20..1e6) feed
-    accuracy, labels, patching and ablation; ``n_examples`` (0..16) of them keep their attention
+    accuracy, labels, patching and ablation, streamed in chunks of ``scores.cache.CHUNK_ROWS`` rows (memory
+    flat in ``n_samples``; docs/performance.md, "Memory"); ``n_examples`` (0..16) of them keep their attention
     patterns for the report. ``patching`` / ``ablation`` switch those stages off. ``history``,
     ``source``, ``preset``, ``command`` and ``training`` (the checkpoint's recipe and steps, shown in the
     report's model card) are recorded as given. ``allow_unsolved``: label a model
@@ -95,11 +96,11 @@ def find_heads(
         lap("sample")
         accuracy = accuracy_by_group(model, task, batch)
         lap("accuracy")
-    log(f"held-out accuracy {accuracy['overall']:.3f} on {accuracy['n']} rows")
+    log(f"labelling the heads on {len(batch)} held-out rows ...")  # the facts themselves: the caller's table
     analysis = _label(model, task, batch, seed=seed, method=ablation_method, allow_unsolved=allow_unsolved)
     heads = [r.to_dict() for r in analysis.records]
     lap("label_heads")
-    log("labels: " + ", ".join(f"{h['name']}={h['label']}" for h in heads))
+    log("patching heatmaps and circuit checks ..." if patching or ablation else "collecting examples ...")
     patch = _patching_heatmaps(model, task, batch, analysis, seed=seed) if patching else {}
     lap("patching")
     abl = _ablation_checks(model, batch, analysis, method=ablation_method, seed=seed) if ablation else {}
@@ -170,13 +171,25 @@ def accuracy_by_group(model, task, batch) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    logits = model(batch.tokens)[:, -1]  # (B, V)
+    from anchor_interp.scores.cache import row_chunks
+
+    correct, ce = [], []  # per-row scalars, chunk by chunk
+    for sl in row_chunks(len(batch), desc="accuracy"):
+        logits = model(batch.tokens[sl])[:, -1]  # (b, V)
+        correct.append(logits.argmax(-1) == batch.targets[sl])
+        ce.append(F.cross_entropy(logits, batch.targets[sl].clamp_min(0), reduction="none"))
     valid = batch.targets >= 0  # (B,)
-    correct = (logits.argmax(-1) == batch.targets) & valid  # (B,)
+    correct = torch.cat(correct) & valid  # (B,)
+    ce = torch.cat(ce)  # (B,) nats
     masked_group = torch.tensor([bool(g.masked) for g in task.groups], device=batch.group.device)
     in_masked = masked_group[batch.group.clamp_min(0)] & (batch.group >= 0)  # (B,)
     seen, unseen = valid & ~in_masked, valid & in_masked
-    loss = F.cross_entropy(logits[seen], batch.targets[seen]) if bool(seen.any()) else torch.tensor(float("nan"))
+    if not bool(seen.any()):
+        loss = torch.tensor(float("nan"))
+    elif len(correct) == len(logits):  # one chunk: the batched mean, as before streaming
+        loss = F.cross_entropy(logits[seen], batch.targets[seen])
+    else:
+        loss = ce[seen].mean()
     groups = []
     for gi, g in enumerate(task.groups):
         sel = (batch.group == gi) & valid
@@ -319,14 +332,16 @@ def _patching_heatmaps(model, task, batch, analysis, *, seed: int) -> dict[str, 
     head, normalised), read from ``analysis``, not recomputed; ``resid_pre/<kind>`` is exact residual
     patching (layer x pos) on the rows whose anchor sits at one position, so that "pos" means the same
     token role in every row (over all rows the key's position varies and each position would restore
-    only the rows whose key is there).
+    only the rows whose key is there), among the first ``scores.cache.FIRST_ROWS`` rows.
     """
     import torch
 
     from anchor_interp import patching
+    from anchor_interp.labels.evidence import first_rows
     from anchor_interp.patching import PatchResult
 
     out: dict[str, dict[str, Any]] = {}
+    batch = first_rows(batch)
     anchor_p, rows = _fixed_anchor_rows(batch)
     for name, sweep, kind in PATCHING_SWEEPS:
         if sweep == "head_out":

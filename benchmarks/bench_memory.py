@@ -1,12 +1,14 @@
 """Peak memory of find_heads and of the patching sweeps, and what their activation caches hold (issue 5.5).
 
     python benchmarks/bench_memory.py [--batch 64] [--json PATH] [--quick]
+    python benchmarks/bench_memory.py --cases find_heads --n-samples 2048 8192 100000   # memory flat in n
 
 Every case runs once in a fresh Python process (Linux; memory from ``/proc/self/status``, in MiB):
 
 - ``baseline``: ``import anchor_interp.models.adapter`` + ``zoo.load("default")`` (what any analysis pays first);
-- ``find_heads``: the no-argument CLI run on the shipped default model (report, JSON and PNGs written
-  to a temporary folder), through ``anchor_interp.cli.main``;
+- ``find_heads``: the CLI run on the shipped default model (report, JSON and PNGs written to a temporary
+  folder), through ``anchor_interp.cli.main``, once per ``--n-samples`` value (0: the CLI default, 256);
+  its ``wall_s`` is the CLI call's wall time (one thread, as the CLI sets);
 - ``patch_head_out`` / ``patch_resid_pre``: our every-head x every-position head-output sweep and our
   residual sweep (``key_swap`` pairs, ``--batch`` rows), and the same two sweeps with
   ``transformer_lens.patching`` (``get_act_patch_attn_head_out_by_pos`` / ``get_act_patch_resid_pre``
@@ -29,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, for _provenance
@@ -103,6 +106,7 @@ def child(case: str, batch: int, n_samples: int) -> dict:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     records.clear()
     before = _status("VmRSS")
+    t0 = time.perf_counter()
     if case == "find_heads":
         cwd = os.getcwd()
         os.chdir(tmp)
@@ -129,9 +133,11 @@ def child(case: str, batch: int, n_samples: int) -> dict:
             _, cache = model.run_with_cache(clean.tokens)
             fn = tlp.get_act_patch_attn_head_out_by_pos if case.endswith("head_out") else tlp.get_act_patch_resid_pre
             fn(model, corrupt.tokens, cache, metric)
+    wall = time.perf_counter() - t0
     rise = _status("VmHWM") - before
     peak = max(_status("VmHWM"), _peak_life())
-    return {"case": case, "rise_mib": rise, "peak_mib": peak, "rss_before_mib": before,
+    return {"case": case, "n_samples": n_samples or None, "wall_s": wall, "rise_mib": rise, "peak_mib": peak,
+            "rss_before_mib": before,
             "full_cache_mib_per_row": full_mib_per_row, "hook_points": full_hooks, "caches": records}
 
 
@@ -164,28 +170,31 @@ def summarise_caches(rec: list[dict], full_per_row: float) -> str:
 def main(argv=None) -> int:
     ap = OneLineParser(prog="bench_memory.py", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=parse_pos_int("--batch"), default=64, help="rows of the patching sweeps")
-    ap.add_argument("--n-samples", type=parse_nonneg_int("--n-samples"), default=0, help="find_heads --n-samples (0: its default)")
+    ap.add_argument("--n-samples", type=parse_nonneg_int("--n-samples"), nargs="+", default=[0],
+                    help="find_heads --n-samples, one run per value (0: its default)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--json", type=parse_output_file("--json"), default=None)
-    ap.add_argument("--quick", action="store_true", help="< 60 s: our head-output sweep at batch 4 only")
+    ap.add_argument("--quick", action="store_true", help="< 60 s: our head-output sweep at batch 4 and find_heads on 40 rows")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.n_samples < 0:
+    if args.batch < 1 or min(args.n_samples) < 0:
         ap.error("--batch must be >= 1 and --n-samples >= 0")
     if args._child:
-        print(json.dumps(child(args._child, args.batch, args.n_samples)))
+        print(json.dumps(child(args._child, args.batch, args.n_samples[0])))
         return 0
     if not Path("/proc/self/clear_refs").exists():
         print("needs Linux (/proc/self/clear_refs)", file=sys.stderr)
         return 2
-    if args.quick:
-        args.cases, args.batch = ["ours:patch_head_out"], 4
+    if args.quick:  # our head-output sweep at batch 4, find_heads on 40 rows
+        args.cases, args.batch, args.n_samples = ["ours:patch_head_out", "find_heads"], 4, [40]
     results = []
-    print(f"{'case':<22}{'peak (MiB)':>11}{'rise (MiB)':>11}   caches")
-    for case in args.cases:
-        r = run_case(case, args.batch, args.n_samples)
+    print(f"{'case':<26}{'peak (MiB)':>11}{'rise (MiB)':>11}{'wall (s)':>10}   caches")
+    runs = [(c, n) for c in args.cases for n in (args.n_samples if c == "find_heads" else [0])]
+    for case, n in runs:
+        r = run_case(case, args.batch, n)
         results.append(r)
-        print(f"{case:<22}{r['peak_mib']:>11.0f}{r['rise_mib']:>11.1f}   "
+        name = case + (f" n={n}" if case == "find_heads" and n else "")
+        print(f"{name:<26}{r['peak_mib']:>11.0f}{r['rise_mib']:>11.1f}{r['wall_s']:>10.1f}   "
               f"{summarise_caches(r['caches'], r['full_cache_mib_per_row'])}", flush=True)
     names = sorted({n for r in results for c in r["caches"] for n in c["names"]})
     print(f"hooks ever cached: {names}")

@@ -69,11 +69,13 @@ def test_bench_memory_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), "--quick", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (r,) = json.loads(out.read_text())["results"]
+    r, fh = json.loads(out.read_text())["results"]
     assert r["case"] == "ours:patch_head_out" and r["peak_mib"] > 0 and r["rise_mib"] >= 0
     assert r["caches"], "the sweep's activation cache was not seen"
     for c in r["caches"]:  # only the hooks the sweep needs, never the model's full cache
         assert 0 < c["hooks"] < c["hook_points"]
+    assert fh["case"] == "find_heads" and fh["n_samples"] == 40 and fh["wall_s"] > 0 and fh["peak_mib"] > 0
+    assert fh["caches"] and all(c["rows"] <= 2 * 40 for c in fh["caches"])  # clean + corrupt stacked at most
 
 
 def test_bench_patching_small_run(tmp_path):

@@ -139,3 +139,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "site" / "tutorial" / "index.html").exists()
     api = (tmp_path / "site" / "api" / "labels" / "index.html").read_text()
     assert "anchor_interp.labels.label_heads" in api  # mkdocstrings rendered the docstrings
+
+
+def test_commands_to_type_name_the_venv_script():
+    """`anchor-find-heads` is installed in .venv/bin (make demo): a command with options names that path, so it
+    runs without an activated venv (#14 item 10)."""
+    bare = re.compile(r"(?<![\w/.-])anchor-find-heads\s+--")
+    found = [f"{page.name}:{i}" for page in [*sorted(DOCS.glob("*.md")), REPO / "README.md"]
+             for i, line in enumerate(page.read_text().splitlines(), 1) if bare.search(line)]
+    assert not found, f"write .venv/bin/anchor-find-heads in {found}"

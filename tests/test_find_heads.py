@@ -209,3 +209,46 @@ def test_default_report_is_one_offline_file_under_3_mb(default_result, tmp_path)
     assert path.stat().st_size < 3_000_000
     assert not re.search(r'<(script|img|link)[^>]+(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
     assert 'id="circuit"' in page and 'id="model-card"' in page and len(re.findall(r'<div class="card( borderline)?" id="card-', page)) == 8
+
+
+def test_streamed_in_chunks_gives_the_same_result(default_model, monkeypatch):
+    """Rows streamed in chunks smaller than n (accuracy, DLA, every ablation, the competence gate) give the
+    unchunked labels, effects and checks, up to float summation order."""
+    from anchor_interp.scores import cache
+
+    model, task = default_model
+    kw = dict(seed=1, n_samples=96, n_examples=0, patching=False)
+    said: list[str] = []
+    whole = find_heads(model, task, log=said.append, **kw).to_dict()
+    # progress lines say what is running; the facts (accuracy, labels) are the caller's table, printed once
+    assert said and not [m for m in said if "accuracy" in m or m.startswith("labels:")], said
+    monkeypatch.setattr(cache, "CHUNK_ROWS", 40)  # 3 chunks, the last one short
+    chunked = find_heads(model, task, **kw).to_dict()
+    assert [(h["label"], h["offset"], h["kind"]) for h in chunked["heads"]] == \
+        [(h["label"], h["offset"], h["kind"]) for h in whole["heads"]]
+    for a, b in zip(chunked["heads"], whole["heads"], strict=True):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)  # DLA share, ablation drops, pattern scores
+        assert [r["effect"] for r in a["roles"]] == [r["effect"] for r in b["roles"]]
+    loss = chunked["accuracy"].pop("loss")
+    assert loss == pytest.approx(whole["accuracy"].pop("loss"), rel=1e-5)
+    assert chunked["accuracy"] == whole["accuracy"]
+    assert chunked["competence"] == whole["competence"]
+    assert [g["joint_effect"] for g in chunked["groups"]] == pytest.approx([g["joint_effect"] for g in whole["groups"]])
+    for a, b in zip(chunked["ablation"]["checks"], whole["ablation"]["checks"], strict=True):
+        assert (a["accuracy"], a["passed"]) == pytest.approx((b["accuracy"], b["passed"]))
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4)
+
+
+def test_ablate_all_other_heads_is_not_a_pass_when_there_are_none(default_model):
+    """Every head in the circuit: the second check has nothing to ablate, so it is n/a (None), not passed."""
+    from types import SimpleNamespace
+
+    from anchor_interp.find_heads import _ablation_checks
+
+    model, task = default_model
+    every = [f"L{la}H{h}" for la in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    out = _ablation_checks(model, task.sample(32, split="test", seed=0), SimpleNamespace(circuit=every),
+                           method="mean", seed=0)
+    rest = out["checks"][1]
+    assert rest["name"] == "ablate all other heads" and rest["heads"] == []
+    assert rest["passed"] is None and "no other head" in rest["note"]

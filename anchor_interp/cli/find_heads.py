@@ -122,9 +122,13 @@ def _check_inputs(args) -> None:
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             raise UsageError(f"--from-json {args.from_json} does not exist")
-        for flag in ("task", "train", "json", "no_report"):
+        for flag in ("task", "train", "json", "no_report", "allow_unsolved"):
             if getattr(args, flag):
                 raise UsageError(f"--from-json re-renders a saved result; --{flag.replace('_', '-')} does not apply")
+        for flag, default in (("n_samples", 256), ("seed", 0), ("device", "cpu")):
+            if getattr(args, flag) != default:  # computes nothing: these would be silently ignored
+                raise UsageError(f"--from-json re-renders a saved result and computes nothing; "
+                                 f"--{flag.replace('_', '-')} does not apply (rerun the analysis without --from-json)")
     for flag, value, default in (("preset", args.preset, "small"), ("recipe", args.recipe, "fast"),
                                  ("epochs", args.epochs, None)):
         if value != default and not args.train:
@@ -172,6 +176,8 @@ def _rerender(args, report_path: Path) -> int:
 
 def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None) -> int:
     t_start = time.perf_counter()
+    if sys.stderr.isatty():  # importing torch and TransformerLens takes seconds; say so at once (an error
+        _say(args, "loading torch and the model ...")  # after it stays one line wherever stderr is read back)
     import torch
 
     # The anchor models are tiny: one thread is as fast as several, and it does not stall on a busy machine.
@@ -183,13 +189,15 @@ def _run(args, argv: list[str], report_path: Path | None, json_path: Path | None
     _say(args, f"model: {source} ({preset or 'custom'}), task {task.name!r}; analysing ...")
 
     from anchor_interp.find_heads import find_heads
+    from anchor_interp.scores.cache import progress
 
     command = " ".join([PROG] + [shlex.quote(a) for a in argv])
-    result = find_heads(
-        model, task, seed=args.seed, n_samples=args.n_samples, history=history, preset=preset, source=source,
-        command=command, device=args.device, allow_unsolved=args.allow_unsolved, training=training,
-        log=lambda m: _say(args, m),
-    )
+    with progress(not args.quiet):  # chunk progress bars on stderr for long runs
+        result = find_heads(
+            model, task, seed=args.seed, n_samples=args.n_samples, history=history, preset=preset, source=source,
+            command=command, device=args.device, allow_unsolved=args.allow_unsolved, training=training,
+            log=lambda m: _say(args, m),
+        )
     print(format_head_table(result.to_dict()))
     _write_outputs(result, report_path, json_path, args.force)
     _say(args, f"done in {time.perf_counter() - t_start:.1f} s")
@@ -250,7 +258,11 @@ def _load_model(args):
     from anchor_interp.tasks import make_task
 
     if args.checkpoint is not None:
-        task = make_task(args.task) if args.task else None
+        task = make_task(args.task) if args.task else None  # ValueError naming the known tasks
+        stored = _stored_task_name(Path(args.checkpoint))
+        if task is not None and stored is not None and stored != task.name:
+            raise UsageError(f"--task {args.task}: checkpoint {args.checkpoint} was trained on task {stored!r}; "
+                             "drop --task to use the checkpoint's own task")
         model, task = ckpt.load_checkpoint(args.checkpoint, task=task)
         folder = Path(args.checkpoint)
         return model, task, _read_history(folder), _preset_of(folder), str(folder), _read_training(folder)
@@ -266,6 +278,17 @@ def _load_model(args):
         )
     folder = zoo.path("default")
     return model, task, _read_history(folder), _preset_of(folder), "zoo:default", _read_training(folder)
+
+
+def _stored_task_name(folder: Path) -> str | None:
+    """The task name saved in ``folder/checkpoint.json`` (None when unreadable: loading then says why)."""
+    import json
+
+    try:
+        name = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))["task"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _preset_of(folder: Path) -> str | None:

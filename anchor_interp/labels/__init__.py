@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from anchor_interp.labels.evidence import MIN_BASE_ACCURACY, HeadEvidence, gather_evidence
+from anchor_interp.labels.evidence import MIN_BASE_ACCURACY, HeadEvidence, first_rows, gather_evidence
 from anchor_interp.labels.gate import COMPETENCE_FLOOR, MIN_ROWS, competence, unmasked_rows
 from anchor_interp.labels.groups import circuit_heads, find_groups
 from anchor_interp.labels.records import (
@@ -134,12 +134,16 @@ def analyse_heads(
         raise ValueError(f"tokens: {tokens.shape[0]} rows; labels need at least {MIN_ROWS} (pass more rows, e.g. "
                          f"n_samples=256)")
     ev = gather_evidence(model, tokens, batch=batch, task=task, thresholds=thresholds, method=method, seed=seed)
+    if batch is not None and len(first_rows(batch)) < len(batch):
+        notes.append(f"counterfactual role evidence (effects, 95% intervals, routes, stability folds) reads the first "
+                     f"{len(first_rows(batch))} of the {len(batch)} rows; accuracy, DLA and ablation read every row "
+                     "(docs/performance.md, Memory)")
     records = [decide(ev.heads[key], thresholds) for key in sorted(ev.heads)]
     baseline = dict(ev.baseline)
     if batch is not None:
-        gate = competence(model, batch, task, logits=ev.clean_logits)
+        gate = competence(model, batch, task, predictions=ev.clean_pred)
         baseline.update(gate)
-        stability = fold_labels(model, batch, task, ev, thresholds, seed=seed)
+        stability = fold_labels(model, first_rows(batch), task, ev, thresholds, seed=seed)
         for rec in records:
             _apply_stability(rec, stability.get((rec.layer, rec.head)))
         if not gate["solved"]:

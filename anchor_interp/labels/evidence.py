@@ -8,6 +8,12 @@ Pattern scores come from :mod:`anchor_interp.scores.patterns`, weight scores fro
 evidence is, with a task, each head's candidate roles with their routes (:mod:`anchor_interp.labels.roles`)
 and, without one, the share of the KL of ablating every head. Every score is in [0, 1] unless its name
 says otherwise (docs/concepts.md).
+
+Rows are streamed in chunks of :data:`anchor_interp.scores.cache.CHUNK_ROWS`: the attention-pattern scores
+(from statistics summed over chunks), DLA, per-head ablation and the clean predictions are reductions over
+every row; the counterfactual role evidence reads the first :data:`~anchor_interp.scores.cache.FIRST_ROWS`
+rows, and says so in a note (docs/performance.md, "Streaming over the rows"). With at most one chunk of
+rows every scorer reads the one clean run.
 """
 
 from __future__ import annotations
@@ -19,9 +25,18 @@ from torch import Tensor
 
 from anchor_interp.labels.records import Thresholds, clip01
 from anchor_interp.labels.roles import CausalEvidence, RoleEvidence, measure_roles
+from anchor_interp.scores import cache as _cache
 from anchor_interp.scores.ablation import ablate, per_head_ablation
-from anchor_interp.scores.cache import clean_run
-from anchor_interp.scores.patterns import attention_patterns, is_causal, pattern_scores, task_pattern_scores
+from anchor_interp.scores.cache import clean_run, row_chunks
+from anchor_interp.scores.patterns import (
+    add_sums,
+    attention_patterns,
+    is_causal,
+    pattern_sums,
+    scores_from_sums,
+    task_pattern_sums,
+    task_scores_from_sums,
+)
 from anchor_interp.scores.weights import (
     direct_logit_attribution,
     dla_share,
@@ -30,7 +45,13 @@ from anchor_interp.scores.weights import (
     weight_evidence_notes,
 )
 
-__all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "gather_evidence"]
+__all__ = ["MIN_BASE_ACCURACY", "HeadEvidence", "ModelEvidence", "first_rows", "gather_evidence"]
+
+
+def first_rows(batch):
+    """The first :data:`~anchor_interp.scores.cache.FIRST_ROWS` rows of ``batch`` (all of them when it has fewer):
+    what the counterfactual role evidence, its intervals and its stability folds read."""
+    return batch if len(batch) <= _cache.FIRST_ROWS else batch.select(slice(0, _cache.FIRST_ROWS))
 
 MIN_BASE_ACCURACY = 0.1  # below this held-out accuracy, relative accuracy drops are not computed
 TASK_SCORE_KEYS = ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
@@ -71,18 +92,15 @@ class ModelEvidence:
     baseline: dict[str, float]
     notes: list[str] = field(default_factory=list)
     causal: CausalEvidence | None = None
-    clean_logits: Tensor | None = None  # (B, T, V): the one clean run of the rows
+    clean_pred: Tensor | None = None  # (B,): the clean run's argmax at the last position, every row
 
 
 def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds: Thresholds, method: str,
                     seed: int) -> ModelEvidence:
     """Measure every piece of evidence the rule reads, once. ``batch``/``task``: both or neither."""
     causal = is_causal(model)
-    logits, cache = clean_run(model, tokens)  # the one clean run every scorer below reads
-    pats = attention_patterns(model, tokens, cache=cache)  # (B, L, H, T, T)
-    ps = pattern_scores(pats, causal)
-    ts = task_pattern_scores(pats, batch.anchor_pos, batch.key_pos, causal) if batch is not None else None
-    del pats
+    clean = _clean_pass(model, tokens, batch, causal)  # the one clean run (chunk by chunk) every scorer reads
+    ps, ts, logits, cache = clean["ps"], clean["ts"], clean["logits"], clean["cache"]
     token_ids = None
     if task is not None:
         ids = [t for t in task.target_ids() if t < model.cfg.d_vocab]
@@ -90,7 +108,8 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
     ov = ov_copying_score(model, token_ids)
     qk_offset, qk_score = qk_positional_preference(model)
     if batch is not None:
-        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal, (logits, cache))
+        causal_ev = _task_effects(model, tokens, batch, task, thresholds, method, seed, causal, (logits, cache),
+                                  clean["dla"])
     else:
         causal_ev = _ablation_effects(model, tokens, method, seed, (logits, cache))
     heads = {}
@@ -99,16 +118,44 @@ def gather_evidence(model, tokens: Tensor, *, batch=None, task=None, thresholds:
             heads[(layer, head)] = _head_evidence(layer, head, ps, ts, ov, qk_offset, qk_score, causal_ev)
     notes = causal_ev["notes"] + weight_evidence_notes(model, token_ids)  # weight scores that do not apply
     return ModelEvidence(heads, causal_ev["single_effect"], causal_ev["group_metric"], causal_ev["baseline"],
-                         notes, causal_ev.get("roles"), logits)
+                         notes, causal_ev.get("roles"), clean["pred"])
 
 
-def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean) -> dict:
+@torch.no_grad()
+def _clean_pass(model, tokens: Tensor, batch, causal: bool) -> dict:
+    """One clean run of every row, chunk by chunk (:func:`anchor_interp.scores.cache.row_chunks`): ``ps`` /
+    ``ts`` the (task) pattern scores from statistics summed over the chunks, ``dla`` (with a batch: the mean
+    direct logit attribution of the target, row-weighted over chunks), ``pred`` the argmax at the last
+    position (B,); ``logits`` / ``cache`` of the run when the rows fit one chunk (else None: the later
+    scorers stream their own runs)."""
+    n = tokens.shape[0]
+    sums = task_sums = dla = None
+    preds, column, logits, cache = [], None, None, None
+    for sl in row_chunks(n, desc="clean run"):
+        logits, cache = clean_run(model, tokens[sl])
+        pats = attention_patterns(model, tokens[sl], cache=cache)  # (b, L, H, T, T)
+        chunk = pattern_sums(pats, causal)
+        column = chunk["_column"]
+        sums = add_sums(sums, chunk)
+        if batch is not None:
+            task_sums = add_sums(task_sums, task_pattern_sums(pats, batch.anchor_pos[sl], batch.key_pos[sl], causal))
+            d = direct_logit_attribution(model, tokens[sl], batch.targets[sl].clamp_min(0), cache=cache)
+            dla = d if n <= _cache.CHUNK_ROWS else (0 if dla is None else dla) + d.double() * (sl.stop - sl.start)
+        preds.append(logits[:, -1].argmax(-1))
+    one = n <= _cache.CHUNK_ROWS
+    return {"ps": scores_from_sums(sums, causal, column=column if one else None),
+            "ts": task_scores_from_sums(task_sums) if batch is not None else None,
+            "dla": None if dla is None else (dla if one else (dla / n).float()),
+            "pred": torch.cat(preds), "logits": logits if one else None, "cache": cache if one else None}
+
+
+def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, causal: bool, clean, dla) -> dict:
     """With a task: DLA share, per-head ablation accuracy drop, and every head's candidate roles.
-    ``clean``: (logits, cache) of the clean run."""
+    ``clean``: (logits, cache) of the clean run (None, None when streamed); ``dla``: the mean DLA (layer, head)."""
     notes: list[str] = []
     baseline: dict[str, float] = {}
     logits, cache = clean
-    dla = dla_share(direct_logit_attribution(model, tokens, batch.targets.clamp_min(0), cache=cache))
+    dla = dla_share(dla)
     abl = per_head_ablation(model, tokens, targets=batch.targets, method=method, seed=seed, cache=cache,
                             clean_logits=logits)
     base_acc = float(abl["base_accuracy"])
@@ -118,7 +165,7 @@ def _task_effects(model, tokens, batch, task, th: Thresholds, method, seed, caus
     else:  # a relative drop from (almost) nothing is noise
         acc_drop = torch.zeros_like(abl["accuracy"])
         notes.append(f"held-out accuracy {base_acc:.3f} < {MIN_BASE_ACCURACY}: accuracy drops are set to 0")
-    roles = measure_roles(model, batch, task, thresholds=th, seed=seed, causal=causal)
+    roles = measure_roles(model, first_rows(batch), task, thresholds=th, seed=seed, causal=causal)
     notes += roles.notes
     for kind, run in roles.runs.items():
         baseline[f"logit_gap_{kind}"] = run["logit_gap"]

@@ -38,16 +38,23 @@ def unmasked_rows(batch, task) -> tuple[object, list[str]]:
 
 
 @torch.no_grad()
-def competence(model, batch, task, logits: Tensor | None = None) -> dict:
+def competence(model, batch, task, logits: Tensor | None = None, predictions: Tensor | None = None) -> dict:
     """Held-out accuracy of ``batch`` (argmax at the last position, rows with a target), the attainable
     accuracy (mean over rows of the largest target probability: 1 for a deterministic task), the floor
     (``COMPETENCE_FLOOR`` x attainable) and ``solved`` (accuracy >= floor). Accuracies in [0, 1].
-    ``logits``: the model's logits on ``batch.tokens`` when the caller has already run it (B, T, V)."""
+    ``logits``: the model's logits on ``batch.tokens`` when the caller has already run it (B, T, V), or
+    ``predictions``: their argmax at the last position (B,). Rows are taken in chunks of
+    :data:`anchor_interp.scores.cache.CHUNK_ROWS`."""
+    from anchor_interp.scores.cache import row_chunks
+
     valid = batch.targets >= 0  # (B,)
-    logits = (model(batch.tokens) if logits is None else logits)[:, -1]  # (B, V)
-    acc = float((logits.argmax(-1) == batch.targets)[valid].float().mean()) if bool(valid.any()) else 0.0
-    probs = task.target_probs(batch)  # (B, vocab)
-    attainable = float(probs[valid].max(-1).values.mean()) if bool(valid.any()) else 1.0
+    if predictions is None and logits is not None:
+        predictions = logits[:, -1].argmax(-1)
+    if predictions is None:
+        predictions = torch.cat([model(batch.tokens[sl])[:, -1].argmax(-1) for sl in row_chunks(len(batch))])
+    acc = float((predictions == batch.targets)[valid].float().mean()) if bool(valid.any()) else 0.0
+    best = torch.cat([task.target_probs(batch.select(sl)).max(-1).values for sl in row_chunks(len(batch))])  # (B,)
+    attainable = float(best[valid].mean()) if bool(valid.any()) else 1.0
     floor = COMPETENCE_FLOOR * attainable
     return {"competence_accuracy": acc, "attainable_accuracy": attainable, "competence_floor": floor,
             "solved": acc >= floor}

@@ -14,6 +14,11 @@ and ``clean_logits=``, and nothing is run twice; the numbers are the same. Accur
 position only (the anchor tasks' only scored position); rows whose target is -1 (no answer) are
 left out of both. KL is ``KL(p_clean || p_ablated)`` in nats, averaged over rows (and over positions
 with ``positions="all"``).
+
+More rows than :data:`anchor_interp.scores.cache.CHUNK_ROWS` are streamed: the mean reference is summed
+over chunks first, then each chunk is ablated and its accuracy hits, cross-entropy and KL are summed, so
+memory stays that of one chunk (same numbers up to float summation order). ``resample`` then draws each
+chunk's reference rows from the chunk itself.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from torch import Tensor
 
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name, hook_name
-from anchor_interp.scores.cache import cached_activations
+from anchor_interp.scores import cache as _cache
+from anchor_interp.scores.cache import cached_activations, row_chunks
 
 __all__ = [
     "ABLATION_METHODS",
@@ -210,6 +216,11 @@ def ablate(
     if positions not in ("last", "all"):
         raise ValueError(f"positions: must be 'last' or 'all', got {positions!r}")
     heads = _check_heads(model, heads)
+    if method in ABLATION_METHODS and _streams(tokens, reference):
+        [(acc, loss, kl)], (base_acc, base_loss) = _streamed(model, tokens, [heads], targets=targets, method=method,
+                                                           reference=reference, seed=seed, positions=positions,
+                                                           clean_logits=clean_logits)
+        return AblationResult(heads, method, acc, loss, base_acc, base_loss, kl)
     ref = tokens if reference is None else reference
     hooks = ablation_hooks(model, heads, method, ref, seed, cache=cache if reference is None else None)
     clean = _clean_logits(model, tokens, clean_logits)
@@ -248,6 +259,17 @@ def per_head_ablation(
     acc = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     loss = acc.clone()
     base_acc = base_loss = float("nan")
+    if _streams(tokens, reference):
+        every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+        per_head, (base_acc, base_loss) = _streamed(model, tokens, [[h] for h in every], targets=targets,
+                                                     method=method, reference=reference, seed=seed,
+                                                     positions=positions, clean_logits=clean_logits)
+        for (layer, head), (a, lo, k) in zip(every, per_head, strict=True):
+            kl[layer, head] = k
+            if targets is not None:
+                acc[layer, head], loss[layer, head] = a, lo
+        return {"kl": kl, "accuracy": acc, "loss": loss,
+                "base_accuracy": torch.tensor(base_acc), "base_loss": torch.tensor(base_loss)}
     # the same numbers as ablate() per head, with the clean run and the reference cache computed once
     ref_z = {}
     if method in ("mean", "resample"):
@@ -266,6 +288,66 @@ def per_head_ablation(
                     acc[layer, head], loss[layer, head] = task_metrics(ablated, targets)
     return {"kl": kl, "accuracy": acc, "loss": loss,
             "base_accuracy": torch.tensor(base_acc), "base_loss": torch.tensor(base_loss)}
+
+
+def _streams(tokens: Tensor, reference: Tensor | None) -> bool:
+    """True when ``tokens`` (or ``reference``) has more rows than one chunk: the streamed path."""
+    rows = max(tokens.shape[0], 0 if reference is None else reference.shape[0])
+    return rows > _cache.CHUNK_ROWS
+
+
+@torch.no_grad()
+def _mean_z(model, reference: Tensor, layers: list[int]) -> dict[int, Tensor]:
+    """Each layer's ``hook_z`` averaged over the rows of ``reference``, summed chunk by chunk: (1, T, H, d_head)."""
+    names = [hook_name("z", layer) for layer in layers]
+    sums: dict[int, Tensor] = {}
+    for sl in row_chunks(reference.shape[0], desc="mean activations"):
+        _, cache = model.run_with_cache(reference[sl], names_filter=lambda name: name in names)
+        for layer in layers:
+            z = cache[hook_name("z", layer)].double().sum(0, keepdim=True)  # (1, T, H, d_head)
+            sums[layer] = z if layer not in sums else sums[layer] + z
+    return {layer: (v / reference.shape[0]).float() for layer, v in sums.items()}
+
+
+def _metric_sums(logits: Tensor, targets: Tensor) -> tuple[float, float, int]:
+    """(correct rows, summed cross-entropy in nats, scored rows) at the last position, rows with a target."""
+    keep = targets >= 0
+    last = logits[:, -1].float()[keep]  # (B', V)
+    if not bool(keep.any()):
+        return 0.0, 0.0, 0
+    return (float((last.argmax(-1) == targets[keep]).sum()),
+            float(F.cross_entropy(last, targets[keep], reduction="sum")), int(keep.sum()))
+
+
+@torch.no_grad()
+def _streamed(model, tokens, head_sets, *, targets, method, reference, seed, positions, clean_logits):
+    """``[(accuracy, loss, kl) per head set], (base accuracy, base loss)``, streamed over row chunks (the
+    module docstring); accuracy/loss nan without ``targets`` or scored rows."""
+    check_tokens(model, tokens)
+    layers = list(range(model.cfg.n_layers))
+    mean_z = _mean_z(model, tokens if reference is None else reference, layers) if method == "mean" else {}
+    n = tokens.shape[0]
+    if clean_logits is not None:
+        clean_logits = _clean_logits(model, tokens, clean_logits)  # checked once: a run of all of tokens
+    sums = [[0.0, 0.0, 0.0] for _ in head_sets]  # (hits, summed CE, summed KL) per head set
+    base, scored = [0.0, 0.0], 0
+    for sl in row_chunks(n, desc=f"ablation ({len(head_sets)} head sets)"):
+        tok = tokens[sl]
+        clean = model(tok) if clean_logits is None else clean_logits[sl]
+        ref_z = _reference_z(model, layers, method, tok) if method == "resample" else mean_z
+        if targets is not None:
+            hits, ce, rows = _metric_sums(clean, targets[sl])
+            base, scored = [base[0] + hits, base[1] + ce], scored + rows
+        for acc, heads in zip(sums, head_sets, strict=True):
+            ablated = model.run_with_hooks(tok, fwd_hooks=_hooks_from_reference(_check_heads(model, heads), method,
+                                                                                ref_z, seed))
+            acc[2] += _kl(clean, ablated, positions) * tok.shape[0]
+            if targets is not None:
+                hits, ce, _ = _metric_sums(ablated, targets[sl])
+                acc[0], acc[1] = acc[0] + hits, acc[1] + ce
+    nan = float("nan")
+    out = [(h / scored if scored else nan, ce / scored if scored else nan, kl / n) for h, ce, kl in sums]
+    return out, ((base[0] / scored, base[1] / scored) if scored else (nan, nan))
 
 
 MAX_CIRCUIT_ABLATED_ACCURACY = 0.1  # ablating the circuit's heads brings held-out accuracy to <= 0.1

@@ -15,6 +15,7 @@ hooks the scorer needs (ValueError naming the missing hook otherwise).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -24,9 +25,45 @@ from torch import Tensor
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import layer_hook_names
 
-__all__ = ["FINAL_SCALE_HOOK", "cached_activations", "clean_run", "has_final_norm", "scorer_hooks"]
+__all__ = ["CHUNK_ROWS", "FINAL_SCALE_HOOK", "FIRST_ROWS", "cached_activations", "clean_run", "has_final_norm", "progress",
+           "row_chunks", "scorer_hooks"]
 
 FINAL_SCALE_HOOK = "ln_final.hook_scale"  # the final normalisation's divisor, (batch, pos, 1)
+CHUNK_ROWS = 4096  # rows per forward pass when an analysis streams over more rows than this (docs/performance.md)
+# evidence that is not a streaming reduction (the counterfactual role evidence with its bootstrap intervals
+# and stability folds, the residual-patching heatmap) reads the first FIRST_ROWS
+# rows (docs/performance.md, "Memory": per-row cost and why)
+FIRST_ROWS = 4096
+PROGRESS_MIN_CHUNKS = 4  # a progress bar (stderr) over the chunks from this many chunks on (runs of seconds)
+_PROGRESS = [True]
+
+
+class progress:
+    """``with progress(False): ...`` turns the chunk progress bars off (the CLI's ``--quiet``)."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+
+    def __enter__(self):
+        self.prev = _PROGRESS[0]
+        _PROGRESS[0] = self.on
+        return self
+
+    def __exit__(self, *exc):
+        _PROGRESS[0] = self.prev
+
+
+def row_chunks(n: int, desc: str | None = None):
+    """Slices of ``range(n)`` of at most :data:`CHUNK_ROWS` rows (one slice when ``n <= CHUNK_ROWS``), with a
+    tqdm bar on stderr named ``desc`` when there are at least :data:`PROGRESS_MIN_CHUNKS` of them."""
+    size = max(1, int(CHUNK_ROWS))
+    starts = range(0, max(n, 1), size)
+    if desc is not None and _PROGRESS[0] and len(starts) >= PROGRESS_MIN_CHUNKS:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="chunk", leave=False, file=sys.stderr)
+    for start in starts:
+        yield slice(start, min(n, start + size))
 
 
 def has_final_norm(model) -> bool:

@@ -55,13 +55,19 @@ from anchor_interp.names import layer_hook_names
 from anchor_interp.scores.cache import cached_activations
 
 __all__ = [
+    "TASK_SCORE_NAMES",
     "PatternScores",
+    "add_sums",
     "anchor_aligned_sums",
     "attention_patterns",
     "is_causal",
     "normalised_mass",
     "pattern_scores",
+    "pattern_sums",
+    "scores_from_sums",
     "task_pattern_scores",
+    "task_pattern_sums",
+    "task_scores_from_sums",
     "visible_mask",
 ]
 
@@ -136,7 +142,7 @@ def normalised_mass(patterns: Float[Tensor, "... dest_pos src_pos"], causal: boo
 class PatternScores:
     """Per-head pattern scores, each a ``[layer, head]`` tensor (see the module docstring for meanings).
 
-    ``shift_by_offset`` is ``[layer, head, offset]`` over ``offsets``; ``column`` is the per-example
+    ``shift_by_offset`` is ``[layer, head, offset]`` over ``offsets``; ``column`` (None when streamed) is the per-example
     column score ``[batch, layer, head, src_pos]`` (unclipped lifts).
     """
 
@@ -149,7 +155,7 @@ class PatternScores:
     sink_pos: Tensor
     self_attn: Tensor
     uniform: Tensor
-    column: Tensor = field(repr=False)
+    column: Tensor | None = field(repr=False)  # None when scored from sums over several batches
 
     def head(self, layer: int, head: int) -> dict[str, float]:
         """The scalar scores of one head (JSON-friendly)."""
@@ -169,69 +175,111 @@ def pattern_scores(
 
     Raises ValueError if ``patterns`` is not 5-D with square, non-empty ``[dest_pos, src_pos]`` axes.
     """
+    sums = pattern_sums(patterns, causal)
+    return scores_from_sums(sums, causal, column=sums.pop("_column"))
+
+
+def pattern_sums(patterns: Float[Tensor, "batch layer head dest_pos src_pos"], causal: bool = True) -> dict[str, Tensor]:
+    """The statistics :func:`pattern_scores` reads, summed over the batch: add the dicts of two batches
+    (:func:`add_sums`) and :func:`scores_from_sums` gives the scores of both together (streaming over
+    row chunks). Raises ValueError as :func:`pattern_scores`."""
     if patterns.dim() != 5 or patterns.shape[-1] != patterns.shape[-2] or patterns.shape[-1] < 2:
         raise ValueError(
             "patterns: expected shape [batch, layer, head, dest_pos, src_pos] with dest_pos == src_pos >= 2, "
             f"got {tuple(patterns.shape)}"
         )
     patterns = patterns.float()
-    seq = patterns.shape[-1]
-    m = row_floor(seq)
+    n, seq = patterns.shape[0], patterns.shape[-1]
     vis = visible_mask(seq, causal, patterns.device)
     ok_row = vis.sum(-1) >= 2  # (T,)
     norm = normalised_mass(patterns, causal)  # (B, L, H, T, T)
 
     # shift(k): off-diagonal lift at (r, r + k), mean over reachable rows weighted by the moved mass
     off_lift, moved = off_diagonal_lift(patterns, causal)  # (B, L, H, T, T), (B, L, H, T)
-    eye = torch.eye(seq, dtype=torch.bool, device=patterns.device)
-    ok_off = (vis & ~eye).sum(-1) >= 2  # (T,)
-    offsets, by_offset = [], []
-    for k in range(-(seq - 1), seq):
-        if k == 0:
-            continue
-        rows = torch.arange(max(0, -k), min(seq, seq - k), device=patterns.device)
-        rows = rows[ok_off[rows] & vis[rows, rows + k]]
-        if len(rows) < m:
-            continue
+    num, den = [], []
+    for k, rows in _shift_rows(seq, causal, patterns.device):
         vals = off_lift[..., rows, rows + k]  # (B, L, H, R)
         w = moved[..., rows]  # (B, L, H, R)
-        offsets.append(k)
-        by_offset.append((vals * w).sum(dim=(0, -1)) / w.sum(dim=(0, -1)).clamp_min(1e-12))  # (L, H)
-    if not offsets:  # too short for any row to choose between two other positions
-        offsets, by_offset = [-1], [torch.zeros(patterns.shape[1:3], device=patterns.device)]
-    shift_by_offset = torch.stack(by_offset, dim=-1)  # (L, H, K)
-    best = shift_by_offset.argmax(-1)
-    shift = shift_by_offset.gather(-1, best[..., None])[..., 0].clamp(0.0, 1.0)
-    shift_offset = torch.tensor(offsets, device=patterns.device)[best]
+        num.append((vals * w).sum(dim=(0, -1)))  # (L, H)
+        den.append(w.sum(dim=(0, -1)))
+    zeros = torch.zeros(patterns.shape[1:3], device=patterns.device)
+    out = {"rows": torch.tensor(float(n)),
+           "shift_num": torch.stack(num, -1) if num else zeros[..., None],  # (L, H, K)
+           "shift_den": torch.stack(den, -1) if den else zeros[..., None]}
 
     # columns: other rows' mass on s / max(rows that see s, m)
-    col_rows = vis & ok_row[:, None] & ~torch.eye(seq, dtype=torch.bool, device=patterns.device)  # (T dest, T src)
-    col_div = col_rows.sum(0).clamp_min(m).to(patterns.dtype)  # (T,)
+    col_rows, col_div = _column_rows(seq, causal, patterns.device)
     column = (norm * col_rows.to(patterns.dtype)).sum(-2) / col_div  # (B, L, H, T)
-    mean_column = column.mean(0)  # (L, H, T)
-    sink, sink_pos = mean_column.max(-1)
-    sink = sink.clamp(0.0, 1.0)
-    best_col = column.max(-1).values.mean(0)  # (L, H)
-    broadcast = (best_col - mean_column.max(-1).values).clamp(0.0, 1.0)
-
-    diag0 = torch.diagonal(norm, dim1=-2, dim2=-1)[..., ok_row]  # (B, L, H, rows)
-    self_attn = diag0.mean(dim=(0, -1)).clamp(0.0, 1.0)
+    out["column"] = column.sum(0)  # (L, H, T)
+    out["best_column"] = column.max(-1).values.sum(0)  # (L, H)
+    out["self"] = torch.diagonal(norm, dim1=-2, dim2=-1)[..., ok_row].sum(dim=(0, -1))  # (L, H)
 
     n_vis = vis.sum(-1).to(patterns.dtype)
     p = patterns.clamp_min(1e-12)
     entropy = -(patterns * p.log() * vis.to(patterns.dtype)).sum(-1)  # (B, L, H, T)
-    uniform = (entropy[..., ok_row] / n_vis[ok_row].log()).mean(dim=(0, -1)).clamp(0.0, 1.0)
+    out["uniform"] = (entropy[..., ok_row] / n_vis[ok_row].log()).sum(dim=(0, -1))  # (L, H)
+    out["_column"] = column
+    return out
 
+
+def add_sums(a: dict[str, Tensor] | None, b: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The sums of two batches (:func:`pattern_sums` or :func:`task_pattern_sums`); ``a`` None: ``b``.
+    Per-row entries (``delta``) are concatenated; keys starting with ``_`` are dropped."""
+    b = {k: v for k, v in b.items() if not k.startswith("_")}
+    if a is None:
+        return b
+    return {k: torch.cat([a[k], v]) if k == "delta" else a[k] + v for k, v in b.items()}
+
+
+def _shift_rows(seq: int, causal: bool, device) -> list[tuple[int, Tensor]]:
+    """(offset k, the rows scored at k) for every scored shift offset (at least ``row_floor`` rows)."""
+    vis = visible_mask(seq, causal, device)
+    eye = torch.eye(seq, dtype=torch.bool, device=device)
+    ok_off = (vis & ~eye).sum(-1) >= 2  # (T,)
+    out = []
+    for k in range(-(seq - 1), seq):
+        if k == 0:
+            continue
+        rows = torch.arange(max(0, -k), min(seq, seq - k), device=device)
+        rows = rows[ok_off[rows] & vis[rows, rows + k]]
+        if len(rows) >= row_floor(seq):
+            out.append((k, rows))
+    return out
+
+
+def _column_rows(seq: int, causal: bool, device) -> tuple[Tensor, Tensor]:
+    """(the rows each column score sums over (T dest, T src), its divisor max(rows, m) (T,))."""
+    vis = visible_mask(seq, causal, device)
+    ok_row = vis.sum(-1) >= 2
+    col_rows = vis & ok_row[:, None] & ~torch.eye(seq, dtype=torch.bool, device=device)  # (T dest, T src)
+    return col_rows, col_rows.sum(0).clamp_min(row_floor(seq)).float()
+
+
+def scores_from_sums(sums: dict[str, Tensor], causal: bool, column: Tensor | None = None) -> PatternScores:
+    """:class:`PatternScores` from :func:`pattern_sums` (added over any number of batches); ``column``:
+    the per-example column scores when one batch was scored (else None)."""
+    n = sums["rows"]
+    seq = sums["column"].shape[-1]
+    shifts = _shift_rows(seq, causal, sums["column"].device)
+    offsets = [k for k, _ in shifts] or [-1]  # too short for any row to choose between two other positions
+    shift_by_offset = sums["shift_num"] / sums["shift_den"].clamp_min(1e-12)  # (L, H, K)
+    best = shift_by_offset.argmax(-1)
+    shift = shift_by_offset.gather(-1, best[..., None])[..., 0].clamp(0.0, 1.0)
+    shift_offset = torch.tensor(offsets, device=shift.device)[best]
+    mean_column = sums["column"] / n  # (L, H, T)
+    sink, sink_pos = mean_column.max(-1)
+    broadcast = (sums["best_column"] / n - mean_column.max(-1).values).clamp(0.0, 1.0)
+    ok_rows = int((visible_mask(seq, causal).sum(-1) >= 2).sum())
     return PatternScores(
         shift=shift,
         shift_offset=shift_offset,
         shift_by_offset=shift_by_offset,
         offsets=tuple(offsets),
         broadcast=broadcast,
-        sink=sink,
+        sink=sink.clamp(0.0, 1.0),
         sink_pos=sink_pos,
-        self_attn=self_attn,
-        uniform=uniform,
+        self_attn=(sums["self"] / (n * ok_rows)).clamp(0.0, 1.0),
+        uniform=(sums["uniform"] / (n * ok_rows)).clamp(0.0, 1.0),
         column=column,
     )
 
@@ -251,6 +299,22 @@ def task_pattern_scores(
     ``task_shift_offset`` (the offset of the better shift direction, as a float tensor of ints).
     Raises ValueError on shape mismatches.
     """
+    return task_scores_from_sums(task_pattern_sums(patterns, anchor_pos, key_pos, causal))
+
+
+TASK_SCORE_NAMES = ("key_row_to_anchor", "anchor_row_to_key", "last_row_to_key", "last_row_to_anchor",
+                    "last_row_to_pair", "key_column", "anchor_column")
+
+
+def task_pattern_sums(
+    patterns: Float[Tensor, "batch layer head dest_pos src_pos"],
+    anchor_pos: Int[Tensor, " batch"],
+    key_pos: Int[Tensor, " batch"],
+    causal: bool = True,
+) -> dict[str, Tensor]:
+    """What :func:`task_pattern_scores` reads, summed over the batch (each score's weighted sum and weight,
+    ``<name>_num`` / ``<name>_den``, and ``delta``: the usable rows' ``anchor_pos - key_pos``); add two
+    batches' dicts with :func:`add_sums` and score them with :func:`task_scores_from_sums`."""
     if patterns.dim() != 5:
         raise ValueError(f"patterns: expected [batch, layer, head, dest_pos, src_pos], got {tuple(patterns.shape)}")
     n, n_layers, n_heads, seq, _ = patterns.shape
@@ -272,19 +336,20 @@ def task_pattern_scores(
     off_lift, moved = off_diagonal_lift(patterns, causal)  # (B, L, H, T, T), (B, L, H, T)
     eye = torch.eye(seq, dtype=torch.bool, device=patterns.device)
     n_other = (vis & ~eye).sum(-1)
-
-    def masked_mean(vals, weights):  # vals, weights: (B, L, H)
-        return (vals * weights).sum(0) / weights.sum(0).clamp_min(1e-12)
-
     out: dict[str, Tensor] = {}
+
+    def add(name, vals, weights):  # vals, weights: (B, L, H) -> the weighted sum and the weight
+        out[f"{name}_num"] = (vals * weights).sum(0)
+        out[f"{name}_den"] = weights.sum(0)
+
     for name, rows, cols in (("key_row_to_anchor", k, a), ("anchor_row_to_key", a, k)):
         usable = (valid & vis[rows, cols] & (n_other[rows] >= 2)).to(patterns.dtype)[:, None, None]
         vals = off_lift[b, :, :, rows, cols]  # (B, L, H)
-        out[name] = masked_mean(vals, moved[b, :, :, rows] * usable).clamp(0.0, 1.0)
+        add(name, vals, moved[b, :, :, rows] * usable)
     for name, rows, cols in (("last_row_to_key", last, k), ("last_row_to_anchor", last, a)):
         usable = (valid & vis[rows, cols] & (vis[rows].sum(-1) >= 2) & (rows != cols)).to(patterns.dtype)
         vals = norm[b, :, :, rows, cols]
-        out[name] = masked_mean(vals, usable[:, None, None].expand_as(vals)).clamp(0.0, 1.0)
+        add(name, vals, usable[:, None, None].expand_as(vals))
 
     # the last row's mass on the anchor and key slots together, vs 2/n: a head that reads the key directly
     # for some anchor positions and the anchor slot (holding the key) for others still scores
@@ -293,9 +358,7 @@ def task_pattern_scores(
     pair_ok = valid & vis[last, k] & vis[last, a] & (k != last) & (a != last) & (n_last > 2)
     chance2 = 2.0 / n_last
     pair_lift = (pair - chance2) / (1.0 - chance2).clamp_min(1e-12)
-    out["last_row_to_pair"] = masked_mean(
-        pair_lift, pair_ok.to(patterns.dtype)[:, None, None].expand_as(pair_lift)
-    ).clamp(0.0, 1.0)
+    add("last_row_to_pair", pair_lift, pair_ok.to(patterns.dtype)[:, None, None].expand_as(pair_lift))
 
     col_rows = vis & (vis.sum(-1) >= 2)[:, None] & ~torch.eye(seq, dtype=torch.bool, device=patterns.device)
     col_div = col_rows.sum(0).clamp_min(m).to(patterns.dtype)
@@ -303,11 +366,18 @@ def task_pattern_scores(
     for name, cols in (("key_column", k), ("anchor_column", a)):
         vals = column[b, :, :, cols]  # (B, L, H)
         usable = (valid & (col_rows[:, cols].sum(0) > 0)).to(patterns.dtype)
-        out[name] = masked_mean(vals, usable[:, None, None].expand_as(vals)).clamp(0.0, 1.0)
+        add(name, vals, usable[:, None, None].expand_as(vals))
+    out["delta"] = (anchor_pos - key_pos)[valid]  # (usable rows,)
+    return out
 
+
+def task_scores_from_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`task_pattern_scores` from :func:`task_pattern_sums` (added over any number of batches)."""
+    out = {name: (sums[f"{name}_num"] / sums[f"{name}_den"].clamp_min(1e-12)).clamp(0.0, 1.0)
+           for name in TASK_SCORE_NAMES}
     key_first = out["key_row_to_anchor"] >= out["anchor_row_to_key"]
     out["task_shift"] = torch.maximum(out["key_row_to_anchor"], out["anchor_row_to_key"])
-    delta = (anchor_pos - key_pos)[valid]
+    delta = sums["delta"]
     mode = int(delta.mode().values) if len(delta) else 0
     out["task_shift_offset"] = torch.where(
         key_first, torch.full_like(out["task_shift"], float(mode)), torch.full_like(out["task_shift"], float(-mode))

@@ -109,6 +109,25 @@ def test_from_json_rerenders_without_recomputing(capsys, tmp_path):
     assert rc == 0
 
 
+@pytest.mark.parametrize("extra", [["--n-samples", "5000"], ["--seed", "3"], ["--device", "auto"],
+                                   ["--allow-unsolved"]])
+def test_from_json_refuses_options_it_would_ignore(capsys, tmp_path, extra):
+    """--from-json computes nothing: an analysis option with it is an error, not silently dropped (#14 item 10)."""
+    res_path = synthetic_result().save_json(tmp_path / "res.json")
+    rc, out, err = _run(capsys, "--from-json", str(res_path), "--report", str(tmp_path / "r.html"), *extra)
+    assert rc == 2 and extra[0] in _one_error_line(err) and out == ""
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_terminal_hears_from_the_cli_before_torch_is_imported(capsys, tmp_path, monkeypatch):
+    """On a terminal the first stderr line comes before the seconds-long torch / TransformerLens import."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    rc, _, err = _run(capsys, "--device", "cuda:99")  # fails right after the import
+    assert rc == 2
+    assert err.splitlines()[0] == "loading torch and the model ..."
+
+
 def test_from_json_rejects_bad_results(capsys, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -157,7 +176,11 @@ def test_corrupt_checkpoint_gives_one_line(capsys, tmp_path, zoo_copy):
 def test_task_and_device_mismatch_give_one_line(capsys, tmp_path, zoo_copy, extra, mentions):
     rc, _, err = _run(capsys, "--checkpoint", str(zoo_copy), "--report", str(tmp_path / "r.html"), *extra)
     assert rc == 2
-    assert mentions in _one_error_line(err)
+    line = _one_error_line(err)
+    assert mentions in line
+    assert "task=None" not in line  # command-line advice, not Python advice (#14 item 10)
+    if extra[1] == "recitation_forward":
+        assert "drop --task" in line
 
 
 def test_default_model_task_mismatch(capsys, tmp_path, monkeypatch):

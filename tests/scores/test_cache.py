@@ -116,3 +116,13 @@ def test_a_cache_that_does_not_fit_is_refused(run, no_shape_checks):
         attention_patterns(model, batch.tokens[:10], cache=cache)
     with pytest.raises(ValueError, match="clean_logits"):
         A.per_head_ablation(model, batch.tokens, cache=cache, clean_logits=logits[:, -1])
+
+
+def test_row_chunks_cover_every_row_once(monkeypatch):
+    from anchor_interp.scores import cache
+
+    monkeypatch.setattr(cache, "CHUNK_ROWS", 4)
+    assert list(cache.row_chunks(10)) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert list(cache.row_chunks(3)) == [slice(0, 3)]
+    with cache.progress(False):  # the --quiet switch: no bar even over many chunks
+        assert len(list(cache.row_chunks(40, desc="x"))) == 10

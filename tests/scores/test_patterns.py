@@ -149,3 +149,28 @@ def test_anchor_aligned_sums_put_a_shift_on_one_diagonal_and_a_broadcast_in_one_
             assert mean[0, 0, c + q, c + q - 1] == 1.0
     assert float(mean[0, 1].sum()) == pytest.approx(float((counts[:, c + 1] > 0).sum()))  # nothing outside it
     assert torch.allclose(mean[0, 1, :, c + 1][counts[:, c + 1] > 0], torch.ones(int((counts[:, c + 1] > 0).sum()), dtype=mean.dtype))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sums_over_chunks_give_the_whole_batch_scores(causal):
+    """pattern_sums / task_pattern_sums added over row chunks score like one batch (streaming, #14 item 7)."""
+    g = torch.Generator().manual_seed(0)
+    B, T = 30, 7
+    pats = torch.rand(B, 2, 3, T, T, generator=g) * 5
+    if causal:
+        pats = pats.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    pats = pats.softmax(-1)
+    anchor, key = torch.randint(0, T - 1, (B,), generator=g), torch.randint(0, T - 1, (B,), generator=g)
+    whole, task = P.pattern_scores(pats, causal), P.task_pattern_scores(pats, anchor, key, causal)
+    sums = tsums = None
+    for sl in (slice(0, 11), slice(11, 23), slice(23, B)):
+        sums = P.add_sums(sums, P.pattern_sums(pats[sl], causal))
+        tsums = P.add_sums(tsums, P.task_pattern_sums(pats[sl], anchor[sl], key[sl], causal))
+    parts, tparts = P.scores_from_sums(sums, causal), P.task_scores_from_sums(tsums)
+    for name in ("shift", "broadcast", "sink", "self_attn", "uniform", "shift_by_offset"):
+        assert torch.allclose(getattr(parts, name), getattr(whole, name), atol=1e-6), name
+    assert torch.equal(parts.shift_offset, whole.shift_offset) and torch.equal(parts.sink_pos, whole.sink_pos)
+    assert parts.offsets == whole.offsets and parts.column is None and whole.column.shape == (B, 2, 3, T)
+    assert set(tparts) == set(task)
+    for name in task:
+        assert torch.allclose(tparts[name], task[name], atol=1e-6), name
