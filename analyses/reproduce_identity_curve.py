@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
+    PRESET_NAMES,
     RECIPE_NAMES,
     _Parser,
     add_device_argument,
@@ -41,7 +42,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "identity_curve"
 def parse_args(argv=None):
     ap = _Parser(prog="reproduce_identity_curve.py", description=__doc__,
                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=("small", "paper", "mechanism"))
+    ap.add_argument("--preset", default="small", choices=PRESET_NAMES)
     ap.add_argument("--recipe", default="fast", choices=RECIPE_NAMES)
     ap.add_argument("--sizes", type=parse_pos_int("--sizes"), nargs="+", default=list(DEFAULT_SIZES),
                     help="distinct training-set sizes N, each >= 1")

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
+    PRESET_NAMES,
     RECIPE_NAMES,
     UsageError,
     _Parser,
@@ -41,7 +42,6 @@ from anchor_interp.cli.args import (  # noqa: E402  (after the path fix)
     resolve_cli_device,
 )
 
-PRESETS = ("small", "paper", "mechanism")  # anchor_interp.models.PRESETS, without importing torch for --help
 DEFAULTS = {"task": "identity", "preset": "small", "recipe": "fast", "seed": 0}  # a new run's defaults
 META_FILE = "checkpoint.json"  # anchor_interp.models.checkpoint.META_FILE
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = _Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="task name (anchor_interp.tasks.list_tasks()); default identity")
     ap.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter")
-    ap.add_argument("--preset", choices=PRESETS, help="model preset (default small)")
+    ap.add_argument("--preset", choices=PRESET_NAMES, help="model preset (default small)")
     ap.add_argument("--recipe", choices=RECIPE_NAMES, help="training recipe (default fast)")
     ap.add_argument("--seed", type=parse_nonneg_int("--seed"), help="seed, >= 0 (default 0)")
     ap.add_argument("--seeds", type=parse_nonneg_int("--seeds"), nargs="+",

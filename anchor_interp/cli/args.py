@@ -18,6 +18,7 @@ __all__ = [
     "DEVICE_NAMES",
     "OneLineParser",
     "RECIPE_NAMES",
+    "PRESET_NAMES",
     "RECIPE_FIELD_TYPES",
     "UsageError",
     "add_device_argument",
@@ -65,6 +66,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 RECIPE_NAMES = ("fast", "quick", "paper")  # anchor_interp.training.RECIPES, named here without importing torch
+PRESET_NAMES = ("small", "paper", "paper_lnpre", "mechanism")  # anchor_interp.models.PRESETS, likewise
 
 # The fields of anchor_interp.training.Recipe and the kinds of value they take, named here without importing
 # torch (tests/cli/test_bad_input_table.py checks that they match the dataclass). "number": an int or a float.

@@ -6,6 +6,8 @@ Presets (parameter counts for the identity task, vocabulary 201, 9 inputs; see d
 - ``paper``: 4 layers x 4 heads, d_model 400, d_head 64, d_mlp 1200, ReLU, causal, learned positions.
   Pre-LN with biases (HookedTransformer), where the paper's model is post-LN without biases.
   Initialised with std = d_in ** -0.75 by default (``init_gamma=None`` gives TransformerLens' init).
+- ``paper_lnpre``: ``paper``'s sizes with LayerNorm without weights (LNPre) and PyTorch's default init:
+  the HookedTransformer closest to the authors' model in the inductive-bias study (docs/reproduction.md).
 - ``mechanism``: 2 layers x 1 head, attention only, bidirectional, d_model 201 (the paper's
   mechanism study).
 
@@ -69,6 +71,14 @@ PRESETS: dict[str, Preset] = {
         "paper", n_layers=4, n_heads=4, d_model=400, d_head=64, d_mlp=1200, attention_dir="causal",
         act_fn="relu", init_gamma=0.75,
         description="the authors' 4L x 4H model (pre-LN here, post-LN in the paper), init std d_in^-0.75",
+    ),
+    # The HookedTransformer closest to the authors' post-LN model in the inductive-bias study
+    # (docs/reproduction.md): PyTorch's init and LayerNorm without weights. Measured with attention/MLP
+    # biases frozen at zero (Recipe.freeze = ["blocks.*.b_*"]); freezing them changed nothing measurable.
+    "paper_lnpre": Preset(
+        "paper_lnpre", n_layers=4, n_heads=4, d_model=400, d_head=64, d_mlp=1200, attention_dir="causal",
+        act_fn="relu", normalization_type="LNPre", init_gamma="torch",
+        description="the paper's sizes, LNPre, PyTorch's init: the closest HookedTransformer to the authors' model",
     ),
     "mechanism": Preset(
         "mechanism", n_layers=2, n_heads=1, d_model=201, d_head=201, d_mlp=None,

@@ -106,7 +106,17 @@ def test_resolve_device():
 
 
 def test_presets_documented():
-    assert set(PRESETS) == {"small", "paper", "mechanism"}
+    from anchor_interp.cli.args import PRESET_NAMES
+
+    assert set(PRESETS) == {"small", "paper", "paper_lnpre", "mechanism"} == set(PRESET_NAMES)
+
+
+def test_paper_lnpre_is_the_studied_configuration(identity_task):
+    """paper_lnpre: the paper's sizes, LayerNorm without weights, PyTorch's init (docs/reproduction.md)."""
+    m = make_model("paper_lnpre", identity_task, seed=0)
+    assert m.cfg.normalization_type == "LNPre" and m.cfg.d_model == 400 and m.cfg.n_layers == 4
+    w_e = dict(m.named_parameters())["embed.W_E"].detach()
+    assert abs(w_e.std().item() - 1.0) < 0.05  # N(0, 1) embeddings: init_gamma "torch"
 
 
 def test_importing_models_does_not_import_transformer_lens():
