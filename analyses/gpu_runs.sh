@@ -30,9 +30,9 @@ fi
 echo "== bench_figure_gpu ($(left) s left)"
 timeout 150 "$PY" benchmarks/bench_figure_gpu.py --device "$DEV" "${BENCH[@]}" --json "$OUT/bench_figure_gpu.json"
 echo "== study ($(left) s left)"
-"$PY" analyses/inductive_bias.py study --device "$DEV" --deadline-s 150 --out "$OUT/study" "${STUDY[@]}"
+"$PY" analyses/inductive_bias.py study --device "$DEV" --deadline-s 150 --force --out "$OUT/study" "${STUDY[@]}"
 VARIANT=$("$PY" analyses/inductive_bias.py choose "$OUT/study" | tail -1)
 echo "== figure of $VARIANT ($(left) s left)"
 "$PY" analyses/inductive_bias.py figure --variant "$VARIANT" --device "$DEV" --deadline-s $(( $(left) - 20 )) \
-  --out "$OUT/figure" "${FIG[@]}"
+  --force --out "$OUT/figure" "${FIG[@]}"
 echo "== done ($(left) s left)"

@@ -97,6 +97,7 @@ def parse_args(argv=None):
                        help="stacks trained at once, one process each (default: every stack at once; 1: in this process)")
         p.add_argument("--deadline-s", type=parse_nonneg_float("--deadline-s"), default=0,
                        help="stop every stack after this many seconds (0: none); histories so far are kept")
+        p.add_argument("--force", action="store_true", help="replace the results already in --out")
         add_device_argument(p, default="auto")
         if name == "study":
             p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -115,6 +116,14 @@ def parse_args(argv=None):
             check_distinct(args.seeds, "--seeds")
             args.out = args.out or DEFAULT_OUT / args.cmd
             check_writable_folder(args.out, "--out")
+            if args.out.is_dir() and any(args.out.iterdir()):
+                from anchor_interp.cli.args import UsageError
+
+                if not (args.out / "plan.json").is_file():
+                    raise UsageError(f"--out {args.out}: is a non-empty folder that holds no study; choose another --out")
+                if not args.force:
+                    raise UsageError(f"--out {args.out}: holds results already; pass --force to replace them "
+                                     "(or choose another --out)")
         elif not (args.folder / "plan.json").is_file():
             from anchor_interp.cli.args import UsageError
 
@@ -201,8 +210,12 @@ def run_plan(cmd: str, args) -> None:
     import multiprocessing as mp
 
     stacks = plan_stacks(cmd, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     device = str(resolve_cli_device(args.device))
+    if args.out.is_dir():  # empty, or a study folder with --force: the old results go only now
+        import shutil
+
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
     plan = dict(cmd=cmd, preset=args.preset, epochs=args.epochs, precision=args.precision, device=device,
                 recipe="paper", command=" ".join(sys.argv), stacks=stacks)
     tmp = args.out / "plan.json.tmp"
