@@ -14,7 +14,7 @@ role positions (anchor / key / last row; :func:`role_patching`), so that the cau
 bidirectional models can be compared with the paper; and a check of the labels that does not use the
 labeller's rule: ``necessary_heads`` (mean-ablating the head alone costs >= 50% of held-out accuracy),
 ``necessary_missed`` (necessary but not labelled); ``<role>_carriers``, the heads whose patch at the
-role's position restores >= 10% (shift: anchor_move at the key's row in a causal model, key_swap at
+role's position restores >= 10% (shift: anchor_position at the key's row in a causal model, key_swap at
 the anchor's row in a bidirectional one; broadcast: key_swap at the last row), and whether they equal
 the labelled heads (``<role>_labels_match``); ``key_copy_heads`` (earlier-layer heads, not shift
 carriers, that carry the key's value at the key's own row: key_swap there >= 10%) and the accuracy
@@ -57,7 +57,7 @@ CSV_FIELDS = (
     "shift_key_row_to_anchor", "shift_key_row_to_anchor_uniform", "shift_anchor_row_to_key", "broadcast_last_to_key",
     "broadcast_rows_to_key", "necessary_heads", "necessary_missed", "shift_carriers", "shift_labels_match",
     "broadcast_carriers", "broadcast_labels_match", "key_copy_heads", "acc_without_key_copy", "alt_circuit", "alt_acc_without_circuit", "alt_acc_without_rest", "alt_passes",
-    "shift_anchor_move_at_key", "shift_key_swap_at_anchor", "broadcast_key_swap_at_last",
+    "shift_anchor_move_at_key", "shift_anchor_position_at_key", "shift_key_swap_at_anchor", "broadcast_key_swap_at_last",
 )
 NECESSARY_DROP = 0.5  # a head is "necessary" if mean-ablating it alone costs >= 50% of held-out accuracy
 CARRIER = 0.1  # a head "carries" a role if patching it at the role's position restores >= 10% (role_patching)
@@ -127,32 +127,35 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
     The clean ``blocks.L.attn.hook_z`` of one head is patched into the counterfactual run at one
     position per row only: the (clean) anchor's, the key's, or the last (for the anchor's and the key's,
     only rows where that position is not the last input count). ``key_swap@anchor`` is the
-    paper's bidirectional shift (the key copied into the anchor's slot); ``anchor_move@key`` the causal
-    shift (the anchor flag written into the key's slot); ``key_swap@last`` the broadcast reaching the
-    scored row. Rows are those of ``batch``; counterfactual seeds are ``seed + 1`` as in label_heads.
+    paper's bidirectional shift (the key copied into the anchor's slot); ``anchor_position@key`` the causal
+    shift (the anchor's flag written into the key's slot; the anchor moved, every token kept, so a head
+    that only copies the key's value there does not count; rows without a valid move are left out);
+    ``anchor_move@key`` the same with a fresh key value too (two factors, kept for comparison);
+    ``key_swap@last`` the broadcast reaching the scored row. Rows are those of ``batch``; counterfactual seeds are ``seed + 1`` as in label_heads.
     """
     import torch
 
     cfg = model.cfg
-    n = len(batch)
-    rows = torch.arange(n)
-    T = batch.tokens.shape[1]
-    where = {"anchor": batch.anchor_pos, "key": batch.key_pos, "last": torch.full_like(batch.key_pos, T - 1)}
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
     out: dict[str, list[list[float]]] = {}
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(batch.tokens, names_filter=lambda name: name in names)
-        for cf in ("key_swap", "anchor_move"):
-            corrupt = task.counterfactual(batch, cf, seed=seed + 1)
+        for cf in ("key_swap", "anchor_move", "anchor_position"):
+            pair = task.counterfactual_pair(batch, cf, seed=seed + 1)  # anchor_position keeps valid rows only
+            clean, corrupt = pair.clean, pair.corrupt
+            n = len(clean)
+            rows = torch.arange(n)
+            T = clean.tokens.shape[1]
+            where = {"anchor": clean.anchor_pos, "key": clean.key_pos, "last": torch.full_like(clean.key_pos, T - 1)}
+            clean_logits, cache = model.run_with_cache(clean.tokens, names_filter=lambda name: name in names)
             corrupt_logits = model(corrupt.tokens)
             for role, pos in where.items():
                 # "@key" and "@anchor" use only the rows where that position is not the last input
                 # (there, patching it is patching the last row)
                 sel = pos < T - 1 if role != "last" else torch.ones(n, dtype=torch.bool)
 
-                def gap(logits, corrupt=corrupt, sel=sel):  # mean logit diff, clean answer - corrupt answer
+                def gap(logits, corrupt=corrupt, sel=sel, rows=rows, clean=clean):  # clean answer - corrupt answer
                     last = logits[:, -1]
-                    return (last[rows, batch.targets] - last[rows, corrupt.targets])[sel].mean().item()
+                    return (last[rows, clean.targets] - last[rows, corrupt.targets])[sel].mean().item()
 
                 g_clean, g_corrupt = gap(clean_logits), gap(corrupt_logits)
                 table = []
@@ -160,7 +163,7 @@ def role_patching(model, batch, task, seed: int) -> dict[str, list[list[float]]]
                     clean_z = cache[names[layer]]  # (B, T, H, d_head)
                     line = []
                     for head in range(cfg.n_heads):
-                        def hook(z, hook, head=head, pos=pos, clean_z=clean_z):
+                        def hook(z, hook, head=head, pos=pos, clean_z=clean_z, rows=rows):
                             z[rows, pos, head] = clean_z[rows, pos, head]
                             return z
                         patched = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(names[layer], hook)])
@@ -231,7 +234,9 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
     row["necessary_missed"] = " ".join(n for n in necessary if n not in labelled_names)
     patching = role_patching(model, batch, task, seed)
     causal = model.cfg.attention_dir != "bidirectional"
-    shift_table = patching["anchor_move@key"] if causal else patching["key_swap@anchor"]
+    # the causal shift: the anchor moved, every token kept (single factor); anchor_move also writes a new
+    # key value there, which key-copy heads carry too (kept below as shift_anchor_move_at_key, for comparison)
+    shift_table = patching["anchor_position@key"] if causal else patching["key_swap@anchor"]
     last_layer = model.cfg.n_layers - 1
     carriers = {
         "shift": [r for r in recs if r.layer < last_layer and shift_table[r.layer][r.head] >= CARRIER],
@@ -265,6 +270,7 @@ def study_one(model, task, seed: int, n_samples: int) -> dict:
         row.update(alt_circuit=alt_names, alt_acc_without_circuit=float("nan"),
                    alt_acc_without_rest=float("nan"), alt_passes=None)
     row["shift_anchor_move_at_key"] = _at(patching["anchor_move@key"], best)
+    row["shift_anchor_position_at_key"] = _at(patching["anchor_position@key"], best)
     row["shift_key_swap_at_anchor"] = _at(patching["key_swap@anchor"], best)
     row["broadcast_key_swap_at_last"] = round(sum(patching["key_swap@last"][r.layer][r.head] for r in bcs), 4) if bcs else ""
     row["role_patching"] = patching
