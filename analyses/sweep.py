@@ -145,6 +145,7 @@ def cmd_expand(args) -> int:
 def cmd_run(args) -> int:
     from anchor_interp.sweeps.driver import run_sweep
     from anchor_interp.sweeps.execute import ExecOptions
+    from anchor_interp.sweeps.spec import SweepError
 
     opts = ExecOptions(device=args.device, checkpoint_every_s=args.checkpoint_every_s or None,
                        checkpoint_every_steps=args.checkpoint_every_steps, progress=args.progress)
@@ -152,6 +153,8 @@ def cmd_run(args) -> int:
         s = run_sweep(args.spec, args.out, executor=args.executor, workers=args.workers, max_stack=args.max_stack,
                       opts=opts, threads=args.threads, retry_failed=args.retry_failed, ray_address=args.address,
                       gpus_per_stack=args.gpus_per_stack, log=lambda m: print(m, flush=True))
+    except SweepError as e:  # the folder cannot take this sweep (another sweep's, or foreign files)
+        raise UsageError(str(e)) from None
     except KeyboardInterrupt:
         print(f"interrupted; checkpoints kept: rerun the same command to resume ({args.out})", file=sys.stderr)
         return 130

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from anchor_interp.sweeps.execute import ExecOptions
 from anchor_interp.sweeps.manifest import HEARTBEAT_S, Manifest, is_stale
 from anchor_interp.sweeps.pack import DEFAULT_MAX_STACK, Stack, pack
-from anchor_interp.sweeps.spec import RunSpec, SweepSpec, expand
+from anchor_interp.sweeps.spec import RunSpec, SweepError, SweepSpec, expand
 
 __all__ = ["Backend", "SweepSummary", "default_folder", "drive", "prepare", "todo_stacks"]
 
@@ -63,6 +63,10 @@ def prepare(spec: SweepSpec, folder: str | os.PathLike, max_stack: int = DEFAULT
     Raises SweepError / ValueError (one line) for a bad sweep or a folder holding another sweep."""
     runs = expand(spec)
     stacks = pack(runs, max_stack)
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not Manifest(folder).exists():
+        raise SweepError(f"{folder} holds files but no sweep (no manifest.json); give a new or empty --out folder "
+                         "so nothing there is mixed with the sweep's runs")
     Manifest(folder).init(spec.name, runs, spec.source)
     return runs, stacks
 

@@ -106,11 +106,13 @@ class Manifest:
     def init(self, name: str, runs: list, source: str) -> list[str]:
         """Create the manifest (or add the runs it lacks to an existing one: a rerun or an extended sweep)
         with every new run pending; write ``sweep.toml`` once. Returns the ids of the runs added.
-        Raises ValueError when the folder holds a sweep of another name."""
+        Raises SweepError (a ValueError) when the folder holds a sweep of another name."""
         with self.locked():
             doc = self.read() if self.exists() else {"sweep": name, "version": 1, "runs": []}
             if doc.get("sweep") != name:
-                raise ValueError(f"{self.folder} holds the sweep {doc.get('sweep')!r}, not {name!r}; "
+                from anchor_interp.sweeps.spec import SweepError
+
+                raise SweepError(f"{self.folder} holds the sweep {doc.get('sweep')!r}, not {name!r}; "
                                  f"give another --out folder")
             have = {r["id"] for r in doc["runs"]}
             added = [r for r in runs if r.id not in have]

@@ -48,6 +48,7 @@ def test_expand_lists_runs_and_the_estimate(tmp_path, capsys):
     (["run", "{bad}"], "unknown [settings] key 'colour'"),
     (["run", "{ok}", "--out", "{ok}"], "exists and is not a folder"),
     (["run", "{ok}", "--workers", "0"], "--workers must be >= 1"),
+    (["run", "{ok}", "--out", "{dir}"], "holds files but no sweep"),
     (["run", "{ok}", "--device", "tpu"], "--device 'tpu' is not a device"),
     (["run", "{ok}", "--executor", "ray", "--device", "cuda"], "--device cuda"),
     (["status", "{dir}"], "is not a sweep folder"),
