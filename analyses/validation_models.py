@@ -30,16 +30,15 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anchor_interp.cli.args import add_device_argument  # noqa: E402  (torch-free; after the path fix)
+from anchor_interp.atomic import atomic_write_text  # noqa: E402  (torch-free; after the path fix)
+from anchor_interp.cli.args import add_device_argument  # noqa: E402
 
 DEFAULT_OUT = Path.home() / ".cache" / "anchor_interp" / "validation"
 DEFAULT_SEEDS = tuple(range(7))
@@ -210,21 +209,10 @@ def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_FIELDS})
     paths = (out / "summary.csv", out / "summary.json")
-    _atomic_write(paths[0], buf.getvalue())
-    _atomic_write(paths[1], json.dumps({"recipe": RECIPE, "recipe_overrides": RECIPE_OVERRIDES, "models": rows},
+    atomic_write_text(paths[0], buf.getvalue())
+    atomic_write_text(paths[1], json.dumps({"recipe": RECIPE, "recipe_overrides": RECIPE_OVERRIDES, "models": rows},
                                        indent=1) + "\n")
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_study():
-    spec = importlib.util.spec_from_file_location("head_study", ROOT / "analyses" / "head_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analyses/head_study.py", "head_study")
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,19 @@ stream to JSONL, the summary reads them, `choose` picks a HookedTransformer vari
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "analyses" / "inductive_bias.py"
 
 
 @pytest.fixture(scope="module")
 def ib():
-    spec = importlib.util.spec_from_file_location("_inductive_bias", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analyses/inductive_bias.py")
 
 
 def test_runs_share_a_stack_only_with_equal_architecture_and_recipe(ib):

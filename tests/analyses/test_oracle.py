@@ -4,13 +4,13 @@ exact, and on the shipped default model it finds the roles of shared/spec/head_r
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "analyses" / "oracle_heads.py"
@@ -19,11 +19,7 @@ ALLOWED = {"anchor_interp.tasks", "anchor_interp.models.checkpoint", "anchor_int
 
 @pytest.fixture(scope="module")
 def oracle():
-    spec = importlib.util.spec_from_file_location("oracle_heads_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analyses/oracle_heads.py", "oracle_heads_under_test")
 
 
 def _anchor_imports(tree) -> list[str]:

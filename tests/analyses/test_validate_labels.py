@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def vl():
-    spec = importlib.util.spec_from_file_location("validate_labels", ROOT / "analyses" / "validate_labels.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["validate_labels"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analyses/validate_labels.py", "validate_labels")
 
 
 def _head(name, key, oracle_key, oracle_effect, *, borderline=False, roles=None, again=None, reads=None,

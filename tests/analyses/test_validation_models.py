@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "analyses" / "validation_models.py"
 
 
 @pytest.fixture(scope="module")
 def vm():
-    spec = importlib.util.spec_from_file_location("validation_models_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analyses/validation_models.py", "validation_models_under_test")
 
 
 def test_validation_set_covers_the_issue(vm):
