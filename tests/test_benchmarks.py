@@ -97,3 +97,22 @@ def test_bench_figure_gpu_quick(tmp_path):
     ex = load("bench_figure_gpu").extrapolate([200, 2600], 2.0, 1.0, 1, 4000)
     # 16,000 steps with both models (2.0 s each), then 192,000 with one (1.0 s each)
     assert ex == dict(total_steps=208_000, extrapolated_s=16_000 * 2.0 + 192_000 * 1.0, upper_bound_s=416_000.0)
+
+
+def test_bench_graph_step_quick(tmp_path):
+    """The graph-step benchmark runs end to end (tiny, on the CPU: the static step without capture)."""
+    out = tmp_path / "graph.json"
+    assert load("bench_graph_step").main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]
+    # per-step times are differences of two noisy timings: at this size they can come out <= 0 under load
+    assert r["models"] == 4 and isinstance(r["step_eager_ms"], float) and isinstance(r["step_graph_ms"], float)
+    assert r["max_weight_difference"] < 1e-3  # the static step's arithmetic is the eager step's
+
+
+def test_bench_reference_forward_small(tmp_path):
+    """The reference-forward benchmark runs (tiny) and its two formulations agree."""
+    out = tmp_path / "ref.json"
+    assert load("bench_reference_forward").main(["--models", "2", "--reps", "1", "--d-model", "16",
+                                                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]
+    assert r["models"] == 2 and r["max_abs_diff"] < 1e-4 and r["broadcast_ms"] > 0 and r["bmm_ms"] > 0

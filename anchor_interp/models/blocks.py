@@ -25,10 +25,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "NORM_KINDS", "future_mask", "layer_norm", "masked_softmax", "softmax_pattern"]
+__all__ = ["ACTIVATIONS", "NORM_KINDS", "future_mask", "layer_norm", "masked_softmax", "softmax_pattern",
+           "stacked_embed"]
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -101,3 +102,14 @@ def masked_softmax(
     if causal and q_rows > 1:
         scores = scores.masked_fill(future_mask(q_rows, seq, scores.device), -math.inf)
     return softmax_pattern(scores) if written_out else scores.softmax(dim=-1)
+
+
+def stacked_embed(W_E: Float[Tensor, "k d_vocab d_model"], tokens: Int[Tensor, "k batch seq"]
+                  ) -> Float[Tensor, "k batch seq d_model"]:
+    """Each of k stacked models looks up its own tokens in its own embedding ``W_E[i]``.
+
+    A gather (its gradient is a scatter-add), not advanced indexing: advanced indexing's gradient
+    (``index_put_`` with accumulate) cannot be captured in a CUDA graph (training/graph.py)."""
+    k, B, T = tokens.shape
+    idx = tokens.reshape(k, B * T, 1).expand(-1, -1, W_E.shape[-1])  # (k, B*T, d)
+    return torch.gather(W_E, 1, idx).view(k, B, T, W_E.shape[-1])  # (k, B, T, d)

@@ -16,7 +16,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_interp.models.blocks import ACTIVATIONS, masked_softmax
+from anchor_interp.models.blocks import ACTIVATIONS, masked_softmax, stacked_embed
 from anchor_interp.models.blocks import layer_norm as block_layer_norm
 
 __all__ = ["check_trainable_config", "stacked_forward"]
@@ -115,9 +115,7 @@ def stacked_forward(
         return reference_stacked_forward(params, cfg, tokens)
     k, B, T = tokens.shape
     W_E = params["embed.W_E"]  # (k, V, d)
-    V, d = W_E.shape[1], W_E.shape[2]
-    offsets = (torch.arange(k, device=tokens.device) * V).view(k, 1, 1)
-    x = W_E.reshape(k * V, d)[tokens + offsets]  # (k, B, T, d): model i looks up its own rows
+    x = stacked_embed(W_E, tokens)  # (k, B, T, d): model i looks up its own rows
     x = x + params["pos_embed.W_pos"][:, None, :T, :]  # (k, B, T, d)
     ln = cfg.normalization_type is not None
     for layer in range(cfg.n_layers):

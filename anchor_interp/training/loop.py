@@ -40,6 +40,7 @@ from anchor_interp.training.data import (
     training_sets,
 )
 from anchor_interp.training.forward import check_trainable_config
+from anchor_interp.training.graph import StaticStep, graph_eligible
 from anchor_interp.training.history import EpochSums, history_row
 from anchor_interp.training.optim import StackedAdamW
 from anchor_interp.training.recipe import Recipe, get_recipe
@@ -82,6 +83,8 @@ class Run:
     on_eval: Any = None  # called as on_eval(model index, history row) after each held-out evaluation
     last_save_t: float = 0.0  # perf_counter() of the last checkpoint (or of the start)
     bar: Any = None  # the tqdm progress bar
+    use_graph: bool = False  # steps run as a StaticStep (a CUDA graph on a GPU; see training/graph.py)
+    graph_step: Any = None  # the StaticStep of the current stack, once made
 
     @property
     def rec(self) -> Recipe:
@@ -112,6 +115,7 @@ def train_many(
     checkpoint_every_steps: int = 0,
     checkpoint_every_s: float | None = DEFAULT_CHECKPOINT_EVERY_S,
     on_eval=None,
+    cuda_graph: bool | None = None,
     **recipe_overrides,
 ) -> list[TrainResult]:
     """Train k same-config HookedTransformers on ``task`` as one batched computation.
@@ -124,6 +128,9 @@ def train_many(
     ``checkpoint_every_s``: also checkpoint when that many seconds of wall time passed since the last
     save (default 300; None or 0: never). ``on_eval(i, row)``: called with model i's history row after
     each of its held-out evaluations (e.g. to stream metrics to a file while a long run trains).
+    ``cuda_graph``: run each step as one captured CUDA graph (training/graph.py; the same arithmetic,
+    float-tolerance differences). None (default): on a GPU when the run allows it (fixed data, every
+    batch full); True on a CPU runs the graph's step without a graph (for tests).
     ``recipe_overrides``: Recipe fields, e.g. ``n_train=500, epochs=50``; ``n_train`` may be a list
     with one training-set size per model (each model then keeps its own epochs, schedule position and
     evaluations; see docs/models.md). A model that stops (early stop, or the end of its schedule while
@@ -134,6 +141,7 @@ def train_many(
     """
     run = _start(models, task, recipe, seeds, out_dirs, device, preset, resume, recipe_overrides)
     run.on_eval = on_eval
+    run.use_graph = _use_graph(run, cuda_graph)
     if resume:
         read_checkpoints(run)
     run.t0 = run.last_save_t = time.perf_counter()
@@ -270,6 +278,15 @@ def _start(models, task, recipe, seeds, out_dirs, device, preset, resume, overri
                early=[False] * k, frozen={}, frozen_names=_frozen_names(rec, list(params)))
 
 
+def _use_graph(run: Run, cuda_graph: bool | None) -> bool:
+    """Whether steps run as a StaticStep; ValueError when ``cuda_graph=True`` and the run cannot."""
+    ok = graph_eligible(run.rec, run.n_rows)
+    if cuda_graph and not ok:
+        raise ValueError("cuda_graph=True needs data='fixed' and every training-set size a multiple of "
+                         f"batch_size={run.rec.batch_size} (sizes {run.n_rows}); leave cuda_graph unset")
+    return ok if cuda_graph is None and run.dev.type == "cuda" else bool(cuda_graph) and ok
+
+
 def _frozen_names(rec: Recipe, names: list[str]) -> tuple[str, ...]:
     """The parameter names ``rec.freeze`` matches; ValueError for a pattern that matches none."""
     import fnmatch
@@ -295,6 +312,26 @@ def _step(run: Run) -> list[float]:
     spans = [(s * B, min((s + 1) * B, run.n_rows[i])) for i, (_, s) in zip(stack.slots, pos, strict=True)]
     batch = _next_batch(run, pos, spans)
     lrs = _learning_rates(run, pos)
+    static = _static_step(run)
+    if static is not None:
+        loss_k, hits = static(batch.tokens, batch.targets, lrs, stack.opt.count_step())  # (k_act,), (k_act,)
+        n_t = stack.width(batch.width)
+    else:
+        loss_k, hits, n_t = _eager_step(run, batch, lrs)
+    run.step += 1
+    with torch.no_grad():
+        finite = torch.isfinite(loss_k)
+        stack.bad_step = torch.where((~finite) & (stack.bad_step < 0), torch.full_like(stack.bad_step, run.step),
+                                     stack.bad_step)
+        run.sums.add(stack.slot_idx, loss_k * n_t, hits, n_t.long())
+    run.bar.update(1)
+    return lrs
+
+
+def _eager_step(run: Run, batch: Batch, lrs: list[float]) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward, loss, backward, clip and AdamW update op by op; returns each row's mean loss (k_act,),
+    correct rows (k_act,) and real rows (k_act,)."""
+    stack, rec = run.stack, run.rec
     lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=run.dev)
     with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
         logits = _api.stacked_forward(stack.params, run.cfg, batch.tokens).float()  # (k_act, b, V)
@@ -306,15 +343,28 @@ def _step(run: Run) -> list[float]:
         stack.params[name].grad = None
     stack.opt.clip_()
     stack.opt.step(lr)
-    run.step += 1
     with torch.no_grad():
-        finite = torch.isfinite(loss_k)
-        stack.bad_step = torch.where((~finite) & (stack.bad_step < 0), torch.full_like(stack.bad_step, run.step),
-                                     stack.bad_step)
         hit = logits.argmax(-1) == batch.targets if valid is None else (logits.argmax(-1) == batch.targets) & valid
-        run.sums.add(stack.slot_idx, loss_k.detach() * n_t, hit.float().sum(1), n_t.long())
-    run.bar.update(1)
-    return lrs
+    return loss_k.detach(), hit.float().sum(1), n_t
+
+
+def _static_step(run: Run) -> StaticStep | None:
+    """The StaticStep of the current stack (captured anew when the stack changed), or None to step
+    eagerly (not enabled, or the capture failed: then a warning, and eager steps from here on)."""
+    if not run.use_graph:
+        return None
+    if run.graph_step is None or run.graph_step.stack is not run.stack:
+        run.graph_step = None  # release the old graph's memory before capturing the new one
+        try:
+            run.graph_step = StaticStep(run.stack, run.cfg, run.rec, run.task.seq_len, run.frozen_names,
+                                        capture=run.dev.type == "cuda")
+        except RuntimeError as e:
+            import warnings
+
+            warnings.warn(f"CUDA graph capture failed ({str(e).splitlines()[0]}); stepping eagerly", stacklevel=2)
+            run.use_graph = False
+            return None
+    return run.graph_step
 
 
 def _next_batch(run: Run, pos: list[tuple[int, int]], spans: list[tuple[int, int]]) -> Batch:

@@ -37,6 +37,7 @@ class StackedAdamW:
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         self._step_count = 0
+        self._fused_stale = False  # count_step() moved the count without the fused kernel's own
         self._fused = None
         if recipe.fused_adamw:
             self._fused = torch.optim.AdamW(
@@ -58,6 +59,14 @@ class StackedAdamW:
         if self._fused is not None:
             for st in self._fused.state.values():
                 st["step"].fill_(self._step_count)
+
+    def count_step(self) -> int:
+        """Count one step whose update was made elsewhere (a :class:`~anchor_interp.training.graph.StaticStep`
+        updates these moments in place); returns the new count. The fused kernel's own count follows
+        when it is next used."""
+        self._step_count += 1
+        self._fused_stale = self._fused is not None
+        return self._step_count
 
     def _slices(self, tensors: list[Tensor]) -> list[Tensor]:
         """Every tensor's k model slices, model-major within each tensor: [t0[0], .., t0[k-1], t1[0], ..]."""
@@ -90,6 +99,10 @@ class StackedAdamW:
         self._step_count += 1
         per_model = isinstance(lr, Tensor)
         if self._fused is not None:
+            if self._fused_stale:  # the fused kernel's count: the steps before this one
+                for st in self._fused.state.values():
+                    st["step"].fill_(self._step_count - 1)
+                self._fused_stale = False
             if not per_model:
                 self._fused.param_groups[0]["lr"] = lr
                 self._fused.step()
