@@ -105,9 +105,10 @@ def parse_args(argv=None):
             p.add_argument("--variant", required=True, choices=list(VARIANTS))
             p.add_argument("--full", type=parse_pos_int("--full"), nargs="*", default=[400, 600],
                            help="sizes also trained (seed 0) without early stopping, to the end of the schedule")
-    for name in ("summarise", "choose"):
-        p = sub.add_parser(name, help="table of a study folder" if name == "summarise" else
-                           "print the HookedTransformer variant closest to the authors' histories")
+    helps = dict(summarise="table of a study folder", plot="figure.png of a figure folder: accuracy vs N, the paper's "
+                 "means overlaid", choose="print the HookedTransformer variant closest to the authors' histories")
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text)
         p.add_argument("folder", type=Path)
 
     def check(args):
@@ -225,7 +226,7 @@ def run_plan(cmd: str, args) -> None:
     workers = args.workers or len(stacks)
     print(f"{cmd}: {len(stacks)} stack(s), {sum(len(s['runs']) for s in stacks)} runs, {workers} worker(s), "
           f"device {device}", flush=True)
-    if workers == 1:
+    if workers == 1 and not args.deadline_s:  # with a deadline, even one stack runs in a process it can stop
         for s in stacks:
             train_stack(s, *job)
         return
@@ -315,6 +316,42 @@ def _table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(summary: dict, path: Path) -> Path:
+    """Held-out accuracy vs N: each variant's last evaluation (mean +- std over seeds, seed points, the
+    epochs reached under each N), and the paper's final means. Written atomically; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from anchor_interp.atomic import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sizes = sorted(PAPER_FINAL)
+    ax.plot(sizes, [PAPER_FINAL[n] for n in sizes], "k--o", ms=4, label="paper (final, 10 seeds)")
+    for v in sorted({c["variant"] for c in summary["cells"]}):
+        cells = [c for c in summary["cells"] if c["variant"] == v and not c["full"] and c["last"]["mean"] is not None]
+        ns = [c["n_train"] for c in cells]
+        ax.errorbar(ns, [c["last"]["mean"] for c in cells], yerr=[c["last"]["std"] for c in cells], marker="o",
+                    capsize=3, label=f"{v} (last evaluation, {len(cells[0]['runs']) if cells else 0} seeds)")
+        for c in cells:
+            ax.scatter([c["n_train"]] * len(c["runs"]), [r["last"] for r in c["runs"]], s=8, alpha=0.4, color="grey")
+            ep = sorted({r["epochs"] for r in c["runs"]})
+            ax.annotate(f"{ep[0]}" if ep[0] == ep[-1] else f"{ep[0]}-{ep[-1]}", (c["n_train"], 0.02), fontsize=6,
+                        ha="center", rotation=90)
+    ax.set(xlabel="training-set size N", ylabel="held-out accuracy", ylim=(0, 1.05),
+           title="identity task: held-out accuracy vs N (epochs reached at the bottom)")
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def choose(summary: dict) -> str:
     """The HookedTransformer variant whose mean held-out accuracy is closest to the middle of the
     authors' published range at (N = 400, epoch 400) and (N = 600, epoch 100): the sum of absolute
@@ -349,6 +386,8 @@ def main(argv=None) -> int:
     elif args.cmd == "summarise":
         summarise(args.folder)
         print((args.folder / "table.txt").read_text())
+    elif args.cmd == "plot":
+        print(f"wrote {plot(summarise(args.folder), args.folder / 'figure.png')}")
     else:
         print(choose(summarise(args.folder)))
     return 0

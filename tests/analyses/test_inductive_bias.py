@@ -52,3 +52,22 @@ def test_toy_study_streams_histories_and_chooses(ib, tmp_path, capsys):
         ("paper", 400), ("paper", 600), ("reference", 400), ("reference", 600)}
     assert ib.choose(summary) == "paper"  # the only HookedTransformer variant trained; never the reference
     assert ib.main(["choose", str(out)]) == 0 and capsys.readouterr().out.strip().endswith("paper")
+
+
+def test_toy_reference_figure_with_a_deadline_and_its_plot(ib, tmp_path):
+    """One stack with --deadline-s runs in a process it can stop (so the script runs as users run it,
+    not imported); plot draws accuracy vs N."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "fig"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(root / "analyses" / "inductive_bias.py"), "figure", "--variant", "reference",
+                    "--full", "--workers", "1", "--deadline-s", "120", "--preset", "small", "--epochs", "1",
+                    "--sizes", "50", "100", "--seeds", "0", "--device", "cpu", "--out", str(out)],
+                   check=True, capture_output=True, cwd=root)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c["n_train"] for c in summary["cells"]} == {50, 100} and all(not c["full"] for c in summary["cells"])
+    assert ib.main(["plot", str(out)]) == 0
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
