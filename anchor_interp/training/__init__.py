@@ -17,6 +17,7 @@ The package, in the order a run uses it:
     data.py      seed + task -> each model's training set, held-out set, epoch order and batches
     forward.py   stacked parameters + tokens -> last-position logits of k models (stacked_forward)
     optim.py     StackedAdamW: AdamW over stacked parameters, gradient clipping per model
+    graph.py     StaticStep: one training step over static buffers, captured as a CUDA graph on a GPU
     stack.py     k models -> one Stack of the models still training (restacked when one stops)
     evaluate.py  stacked parameters + held-out set -> loss and accuracy per model and group
     history.py   epoch sums + held-out metrics -> history rows -> history.csv / .json / .png
