@@ -93,26 +93,12 @@ class StaticStep:
 
     def _clip(self) -> None:
         """Scale each model's gradient by min(1, clip / (its global norm + 1e-6)) (StackedAdamW.clip_)."""
-        if self.rec.grad_clip is None:
-            return
-        grads = [self.stack.params[n].grad for n in self.names]
-        k = grads[0].shape[0]
-        norms = torch.stack([g.reshape(k, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (k,)
-        coef = (self.rec.grad_clip / (norms + 1e-6)).clamp(max=1.0)  # (k,)
-        for g in grads:
-            g.mul_(coef.view((k,) + (1,) * (g.ndim - 1)))
+        self.stack.opt.clip_grads_([self.stack.params[n].grad for n in self.names])
 
     def _adamw(self) -> None:
-        """AdamW with per-model learning rates (StackedAdamW.step's loop, bias corrections as tensors)."""
-        r, opt = self.rec, self.stack.opt
+        """AdamW with per-model learning rates (StackedAdamW.update_, bias corrections as tensors)."""
         for n in self.names:
-            p, g, m, v = self.stack.params[n], self.stack.params[n].grad, opt.exp_avg[n], opt.exp_avg_sq[n]
-            lr_p = self.lr.view((-1,) + (1,) * (p.ndim - 1))  # (k, 1, ...)
-            p.mul_(1 - lr_p * r.weight_decay)
-            m.lerp_(g, 1 - r.beta1)
-            v.mul_(r.beta2).addcmul_(g, g, value=1 - r.beta2)
-            denom = (v.sqrt() / self.bc2_sqrt).add_(r.adam_eps)
-            p.sub_(m / denom * (lr_p / self.bc1))
+            self.stack.opt.update_(n, self.lr, self.bc1, self.bc2_sqrt)
 
     def _capture(self) -> None:
         """Warm up on a side stream (weights and moments restored afterwards, also when it fails), then

@@ -84,10 +84,16 @@ class StackedAdamW:
                 coef = (self.r.grad_clip / (norms + 1e-6)).clamp(max=1.0)  # (k,)
                 torch._foreach_mul_(slices, coef.tolist() * len(grads))  # one sync; one multi-tensor kernel
             return norms
-        sq = torch.stack([g.reshape(k, -1).pow(2).sum(1) for g in grads]).sum(0)  # (k,)
-        norms = sq.sqrt()
+        return self.clip_grads_(grads)
+
+    @torch.no_grad()
+    def clip_grads_(self, grads: list[Tensor]) -> Tensor:
+        """:meth:`clip_` over ``grads`` (each (k, ...)) with per-tensor kernels and no host sync (so a
+        CUDA graph can capture it); returns the per-model norms before clipping, (k,)."""
+        k = grads[0].shape[0]
+        norms = torch.stack([g.reshape(k, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (k,)
         if self.r.grad_clip is not None:
-            coef = (self.r.grad_clip / (norms + 1e-6)).clamp(max=1.0)
+            coef = (self.r.grad_clip / (norms + 1e-6)).clamp(max=1.0)  # (k,)
             for g in grads:
                 g.mul_(coef.view((k,) + (1,) * (g.ndim - 1)))
         return norms
@@ -116,18 +122,26 @@ class StackedAdamW:
             self._foreach_step(lr, b1, b2, bc1, bc2_sqrt)
             return
         for n, p in self.params.items():
-            g = p.grad
-            if g is None:  # a frozen parameter (Recipe.freeze): no step, no weight decay
-                continue
-            lr_p = lr.view((-1,) + (1,) * (p.ndim - 1)) if per_model else lr  # (k, 1, ...) or a float
-            p.mul_(1 - lr_p * self.r.weight_decay)
-            self.exp_avg[n].lerp_(g, 1 - b1)
-            self.exp_avg_sq[n].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.exp_avg_sq[n].sqrt() / bc2_sqrt).add_(self.r.adam_eps)
-            if per_model:
-                p.sub_(self.exp_avg[n] / denom * (lr_p / bc1))
-            else:
-                p.addcdiv_(self.exp_avg[n], denom, value=-lr / bc1)
+            if p.grad is not None:  # a frozen parameter (Recipe.freeze) has none: no step, no weight decay
+                self.update_(n, lr, bc1, bc2_sqrt)
+
+    @torch.no_grad()
+    def update_(self, name: str, lr: float | Tensor, bc1: float | Tensor, bc2_sqrt: float | Tensor) -> None:
+        """AdamW's update of parameter ``name`` from its gradient, per-tensor kernels, no host sync (so a
+        CUDA graph can capture it). ``lr``: a float or one per model, (k,); ``bc1`` = 1 - beta1^t and
+        ``bc2_sqrt`` = sqrt(1 - beta2^t): floats or 0-dim tensors (a graph fills them each step)."""
+        p, m, v, r = self.params[name], self.exp_avg[name], self.exp_avg_sq[name], self.r
+        g = p.grad
+        per_model = isinstance(lr, Tensor)
+        lr_p = lr.view((-1,) + (1,) * (p.ndim - 1)) if per_model else lr  # (k, 1, ...) or a float
+        p.mul_(1 - lr_p * r.weight_decay)
+        m.lerp_(g, 1 - r.beta1)
+        v.mul_(r.beta2).addcmul_(g, g, value=1 - r.beta2)
+        denom = (v.sqrt() / bc2_sqrt).add_(r.adam_eps)
+        if per_model:
+            p.sub_(m / denom * (lr_p / bc1))
+        else:
+            p.addcdiv_(m, denom, value=-lr / bc1)
 
     def _foreach_step(self, lr: float | Tensor, b1: float, b2: float, bc1: float, bc2_sqrt: float) -> None:
         """The loop of :meth:`step` as multi-tensor kernels over every (parameter, model) slice."""
