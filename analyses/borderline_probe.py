@@ -20,16 +20,20 @@ The oracle stores no intervals, so for the ``stat`` variant its tie test uses a 
 
 Variants (label rule / fold test):
 
-- ``argmax``: today's rule: the label is the passing role with the largest effect; borderline on ``T``, ``R``,
-  ``F``.
+- ``argmax``: the rule until 2026-12-01: the label is the passing role with the largest effect; borderline on
+  ``T``, ``R``, ``F``.
 - ``stat``: passing roles within max(margin_a, margin_b) of the largest are tied; among tied roles the label
   follows the order shift > broadcast > copy (shifts among themselves: largest effect); ties are not
   borderline by themselves.
 - ``fixed:<t>``: the same order among passing roles within ``t`` (a fixed effect difference) of the largest;
   borderline when that difference lies within a margin of ``t``.
-- ``order``: the order alone (a head with a passing shift is labelled shift).
+- ``order``: the order alone (a head with a passing shift is labelled shift). With the ``confirm`` fold test
+  this is the rule adopted on 2026-12-01 (``anchor_interp.labels.rule``; ties between offsets are not
+  borderline, near ties are only counted between a shift and a broadcast).
 
-Fold tests: ``exact`` (today: every fold's own label equals the head's label) and ``consistent`` (a fold
+Fold tests: ``exact`` (until 2026-12-01: every fold's own label equals the head's label), ``confirm`` (since:
+the fold gives the same label and kind, and for ``shift(k)`` a shift from offset ``k`` passes on it) and
+``consistent`` (a fold
 disagrees only when its own evidence rejects the label at the fold's margins: the label's role is missing or
 lies more than its margin below the effect threshold, or a role that surely passes exceeds it by more than
 the rule's tie plus the larger margin; a role-less label is rejected by any role that surely passes).
@@ -53,11 +57,11 @@ from anchor_interp.atomic import atomic_write_text  # noqa: E402
 
 DEFAULT_MODELS = Path.home() / ".cache" / "anchor_interp" / "validation"
 DEFAULT_OUT = Path.home() / ".cache" / "anchor_interp" / "borderline_probe"
-ORACLE = Path(__file__).resolve().parent / "results" / "validation" / "oracle"
+ORACLE = Path(__file__).resolve().parent / "results" / "validation" / "oracle_256"  # the oracle at 256 rows (before 2026-12-01)
 EFFECT, ROUTE, MIN_MARGIN, STRONG = 0.1, 0.05, 0.02, 0.2
 ORDER = {"shift": 0, "broadcast": 1, "copy": 2}
 VARIANTS = [("argmax", "exact"), ("argmax", "consistent"), ("stat", "exact"), ("stat", "consistent"),
-            ("fixed:0.05", "consistent"), ("fixed:0.1", "consistent"), ("order", "consistent")]
+            ("fixed:0.05", "consistent"), ("fixed:0.1", "consistent"), ("order", "consistent"), ("order", "confirm")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +173,14 @@ def consistent(label: str, roles: list[dict], rule: str) -> bool:
     return top["effect"] - m["effect"] < _tie(rule, top, m) + max(top["margin"], m["margin"])
 
 
+def confirmed(label: str, fold: dict, rule: str) -> bool:
+    """The fold gives ``label``'s label and kind and, for ``shift(k)``, a shift from offset ``k`` passes on it."""
+    mine = decide(fold["roles"], rule)[0] or _key(fold)
+    if label.startswith("shift"):
+        return mine.startswith("shift") and any(r["passes"] and _name(r) == label for r in fold["roles"])
+    return mine == label
+
+
 def _oracle_label(heads: dict, rule: str, margin: float) -> tuple[str, float]:
     roles = [dict(r, margin=margin, passes=True) for r in heads["roles"]]
     lab, _ = decide(roles, rule)
@@ -198,6 +210,11 @@ def evaluate(models: list[dict], oracle: dict, rule: str, folds: str, oracle_mar
             label = lab or _key(h)
             if folds == "exact":
                 fold_bad = any((decide(f[i]["roles"], rule)[0] or _key(f[i])) != label for f in m["folds"])
+            elif folds == "confirm":
+                fold_bad = any(not confirmed(label, f[i], rule) for f in m["folds"])
+                ops = sorted((r for r in h["roles"] if r["passes"] and r["role"] != "copy"), key=lambda r: -r["effect"])
+                edge = len(ops) > 1 and ops[0]["role"] != ops[1]["role"] and \
+                    ops[0]["effect"] - ops[1]["effect"] < max(ops[0]["margin"], ops[1]["margin"])
             else:
                 fold_bad = any(not consistent(label, f[i]["roles"], rule) for f in m["folds"])
             thr = _threshold_edge(h["roles"])

@@ -1,7 +1,7 @@
 """Oracle for head roles: a slow, exhaustive causal analysis of a trained anchor model.
 
     python analyses/oracle_heads.py --zoo default
-    python analyses/oracle_heads.py --checkpoint runs/small0 --n-samples 256 --seed 0 --json oracle.json
+    python analyses/oracle_heads.py --checkpoint runs/small0 --n-samples 512 --seed 0 --json oracle.json
 
 It shares nothing with the labeller (``anchor_interp.heads`` / ``anchor_interp.pipeline``): it uses
 plain TransformerLens hooks and imports from ``anchor_interp`` only the tasks (``anchor_interp.tasks``)
@@ -464,6 +464,21 @@ def route_summary(res_src: dict, model, layer: int) -> dict[str, float]:
     return out
 
 
+def label_of(roles: list[dict]) -> dict:
+    """A head's label from its roles (largest effect first): the shift or broadcast role with the largest
+    effect; the copy (label ``neither``, kind ``copy``) only when the head has neither; ``offsets``: every
+    shift offset, the label's first."""
+    ops = [r for r in roles if r["role"] in ("shift", "broadcast")]
+    top = ops[0] if ops else (roles[0] if roles else None)
+    shifts = [r["offset"] for r in roles if r["role"] == "shift"]
+    return {"label": "neither" if top is None or top["role"] == "copy" else top["role"],
+            "kind": "copy" if top is not None and top["role"] == "copy" else None,
+            "effect": top["effect"] if top else 0.0,
+            "counterfactual": top["counterfactual"] if top else None,
+            "offsets": ([top["offset"]] if top is not None and top["role"] == "shift" else [])
+            + sorted(set(shifts) - ({top["offset"]} if top is not None and top["role"] == "shift" else set()))}
+
+
 def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dict]:
     """Apply the decision rule to every head. per_kind[kind][(L, H)] = analyse_pair output."""
     cfg = model.cfg
@@ -512,18 +527,8 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
                 if key not in best or r["effect"] > best[key]["effect"]:
                     best[key] = r
             roles = sorted(best.values(), key=lambda r: -r["effect"])
-            top = roles[0] if roles else None
-            label = "neither" if top is None or top["role"] == "copy" else top["role"]
-            entry = {
-                "head": f"L{layer}H{head}", "layer": layer, "head_index": head,
-                "label": label,
-                "kind": "copy" if top is not None and top["role"] == "copy" else None,
-                "effect": top["effect"] if top else 0.0,
-                "counterfactual": top["counterfactual"] if top else None,
-                "offsets": sorted({r["offset"] for r in roles if r["role"] == "shift"}),
-                "roles": roles,
-                "full_head": {kind: res_all[(layer, head)]["all"] for kind, res_all in per_kind.items()},
-            }
+            entry = {"head": f"L{layer}H{head}", "layer": layer, "head_index": head, **label_of(roles), "roles": roles,
+                     "full_head": {kind: res_all[(layer, head)]["all"] for kind, res_all in per_kind.items()}}
             if "anchor2" in slot_names:
                 reads = {s: max(per_kind[k][(layer, head)].get(f"{s}@all", {}).get("total", 0.0) for k in per_kind)
                          for s in ("anchor", "anchor2")}
@@ -534,7 +539,7 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
     return heads
 
 
-def run_oracle(model, task, *, n_samples: int = 256, seed: int = 0, split: str = "test",
+def run_oracle(model, task, *, n_samples: int = 512, seed: int = 0, split: str = "test",
                kinds: list[str] | None = None, all_rows: bool = False, progress=None) -> dict:
     """The oracle's full result (a JSON-serialisable dict). Raises OracleError on bad input.
 
@@ -695,7 +700,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--zoo", metavar="NAME", help="a shipped model: default, mechanism")
     src.add_argument("--checkpoint", type=Path, metavar="DIR", help="a checkpoint folder")
-    ap.add_argument("--n-samples", type=int, default=256, help="sequences sampled per counterfactual kind")
+    ap.add_argument("--n-samples", type=int, default=512, help="sequences sampled per counterfactual kind")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", default="test", choices=("train", "test"))
     ap.add_argument("--kinds", nargs="+", metavar="KIND", help="counterfactual kinds (default: chosen per task)")

@@ -7,11 +7,11 @@
 
 For every trained model of ``analyses/validation_models.py`` (folder ``<task>__<preset>__seed<k>``):
 
-1. the labeller, ``anchor_interp.labels.analyse_heads`` on 256 held-out rows (sample seed 1000 + k);
+1. the labeller, ``anchor_interp.labels.analyse_heads`` on 512 held-out rows (sample seed 1000 + k);
 2. the oracle, ``analyses/oracle_heads.py`` (plain TransformerLens hooks, its own decision rule:
-   docs/validation.md) on 256 held-out rows of the same seed;
+   docs/validation.md) on 512 held-out rows of the same seed;
 3. with ``--stability`` (default): the labeller again on 5 other batches (sample seeds 2000 + 10 k + i)
-   and at 128 and 1024 rows, to see whether each non-borderline head keeps its label.
+   and at 128, 256 and 1024 rows, to see whether each non-borderline head keeps its label.
 
 Each model's oracle result is cached in ``<out>/oracle/<name>.json`` and its comparison written to
 ``<out>/models/<name>.json`` as soon as it is done, so a run that is stopped resumes where it was
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DEFAULT_MODELS = Path.home() / ".cache" / "anchor_interp" / "validation"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "validation"
-N_SAMPLES = 256
+N_SAMPLES = 512  # the labeller's and the oracle's rows (find_heads' default --n-samples)
+STABILITY_ROWS = (128, 256, 1024)  # the other batch sizes a non-borderline label must survive
 STRONG = 0.2  # "oracle effect at least twice the threshold" (threshold 0.1)
 EFFECT_THRESHOLD = 0.1
 ROLE_LABELS = ("shift", "broadcast")
@@ -67,8 +68,11 @@ def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:
     from anchor_interp.models.checkpoint import load_checkpoint
 
     path = cache_dir / f"{folder.name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    if path.is_file():  # the cache keeps the oracle's measurements; its label rule is applied anew
+        out = json.loads(path.read_text())
+        for h in out.get("heads", {}).values():
+            h.update(oracle.label_of(h["roles"]))
+        return out
     model, task = load_checkpoint(folder)
     model.eval()
     try:
@@ -82,16 +86,16 @@ def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:
     return out
 
 
-def compare_model(folder: Path, seed: int, *, stability: bool, orc: dict) -> dict:
+def compare_model(folder: Path, seed: int, *, stability: bool, orc: dict, rows: int = N_SAMPLES) -> dict:
     """The labeller on one trained model, head by head, beside the oracle's heads ``orc``."""
     from anchor_interp.models.checkpoint import load_checkpoint
 
     model, task = load_checkpoint(folder)
     model.eval()
     t0 = time.perf_counter()
-    an = _labeller(model, task, N_SAMPLES, 1000 + seed)
+    an = _labeller(model, task, rows, 1000 + seed)
     t_label = time.perf_counter() - t0
-    out = {"name": folder.name, "task": task.name, "seed": seed, "label_seconds": round(t_label, 2),
+    out = {"name": folder.name, "task": task.name, "seed": seed, "rows": rows, "label_seconds": round(t_label, 2),
            "competence": {k: an.baseline.get(k) for k in ("competence_accuracy", "competence_floor", "solved")}}
     oheads = orc.get("heads", {})
     if "error" in orc:
@@ -100,20 +104,24 @@ def compare_model(folder: Path, seed: int, *, stability: bool, orc: dict) -> dic
         out["oracle_seconds"] = orc.get("runtime_s")
     again = []
     if stability:
-        again += [("batch", i, _labeller(model, task, N_SAMPLES, 2000 + 10 * seed + i)) for i in range(5)]
-        again += [("rows", n, _labeller(model, task, n, 1000 + seed)) for n in (128, 1024)]
+        again += [("batch", i, _labeller(model, task, rows, 2000 + 10 * seed + i)) for i in range(5)]
+        again += [("rows", n, _labeller(model, task, n, 1000 + seed)) for n in STABILITY_ROWS if n != rows]
     out["heads"] = [_head_row(r, oheads.get(r.name), again) for r in an.records]
     return out
 
 
 def _head_row(r, o: dict | None, again: list) -> dict:
-    main = next((x for x in r.roles if x.get("passes")), None)
+    from anchor_interp.result import label_role_index
+
+    i = label_role_index({"label": r.label, "offset": r.offset, "kind": r.kind, "roles": r.roles})
+    main = None if i is None else r.roles[i]
     row = {
         "head": r.name, "label": r.label, "offset": r.offset, "kind": r.kind, "key": _label_key(r.label, r.offset, r.kind),
         "effect": r.causal_effect, "borderline": r.borderline, "stability": r.stability, "reads": r.reads,
         "roles": {x["name"]: round(x["effect"], 4) for x in r.roles if x.get("passes")},
         "route": main["route"] if main else "",
         "again": [_label_key(x.label, x.offset, x.kind) for x in (_record(a, r.name) for _, _, a in again)],
+        "again_confirms": [_confirms(_record(a, r.name), r) for _, _, a in again],
         "again_borderline": [_record(a, r.name).borderline for _, _, a in again],
     }
     if o is not None:
@@ -123,6 +131,15 @@ def _head_row(r, o: dict | None, again: list) -> dict:
                                          o.get("kind")),
                    oracle_roles={_oracle_role_name(x): round(x["effect"], 4) for x in o.get("roles", [])})
     return row
+
+
+def _confirms(other, r) -> bool:
+    """Another labelling of the same head confirms ``r``'s label (the fold test of the labeller: same label and
+    kind, and for shift(k) a passing shift from offset k)."""
+    from anchor_interp.labels.stability import FoldLabel, confirms
+
+    passing = frozenset(x["name"] for x in other.roles if x.get("passes"))
+    return confirms(FoldLabel(other.label, other.offset, other.kind, passing), r.label, r.offset, r.kind)
 
 
 def _record(analysis, name: str):
@@ -167,13 +184,20 @@ def summarise(models: list[dict]) -> dict:
                                  for h in multi if not _reads_agree(h)]}
     stable = [h for h in rows if not h["borderline"] and h["again"]]
     out["stability"] = {"non_borderline_heads": len(stable),
-                        "same_label_on_every_batch_and_size": sum(len(set(h["again"] + [h["key"]])) == 1 for h in stable),
+                        "same_label_on_every_batch_and_size": sum(_stable(h) for h in stable),
                         "changed": [f"{h['model']}:{h['head']} {h['key']} -> {sorted(set(h['again']))}"
-                                    for h in stable if len(set(h["again"] + [h["key"]])) > 1]}
+                                    for h in stable if not _stable(h)]}
     out["mismatches"] = [f"{h['model']}:{h['head']} labeller {h['key']}{'~' if h['borderline'] else ''} "
                          f"oracle {h['oracle_key']} ({h['oracle_effect']:.2f})" for h in rows
                          if _coarse(h["key"]) != _coarse(h["oracle_key"])]
     return out
+
+
+def _stable(h: dict) -> bool:
+    """Every other labelling confirms the label (rows written before 2026-12-01: the same key everywhere)."""
+    if "again_confirms" in h:
+        return all(h["again_confirms"])
+    return len(set(h["again"] + [h["key"]])) == 1
 
 
 def _coarse(key: str) -> str:
@@ -231,6 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-stability", action="store_true", help="skip the 7 extra labeller runs per model")
     p.add_argument("--summary-only", action="store_true")
     p.add_argument("--force", action="store_true", help="recompute models already compared")
+    p.add_argument("--rows", type=int, default=N_SAMPLES, help=f"held-out rows for the labeller (default {N_SAMPLES}; "
+                   f"the oracle always reads {N_SAMPLES})")
     args = p.parse_args(argv)
     if any(s < 0 for s in args.seeds):
         p.error("--seeds must be >= 0")
@@ -253,7 +279,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         seed = int(f.name.rsplit("seed", 1)[1])
         orc = oracle_heads(f, seed, oracle, args.out / "oracle")
-        m = compare_model(f, seed, stability=not args.no_stability, orc=orc)
+        m = compare_model(f, seed, stability=not args.no_stability, orc=orc, rows=args.rows)
         _atomic_json(path, m)
         models.append(m)
         print(f"{f.name}: {time.perf_counter() - t0:.0f} s; " + ", ".join(

@@ -18,7 +18,7 @@ from typing import Any
 from anchor_interp import __version__
 from anchor_interp.atomic import atomic_write_text
 
-__all__ = ["PATCHING_SWEEPS", "SCHEMA_VERSION", "FindHeadsResult", "json_safe", "key_scores"]
+__all__ = ["PATCHING_SWEEPS", "SCHEMA_VERSION", "FindHeadsResult", "json_safe", "key_scores", "label_role_index"]
 
 SCHEMA_VERSION = 1
 
@@ -146,6 +146,17 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def label_role_index(h: dict) -> int | None:
+    """Index in ``h["roles"]`` of the passing role that gives the head its label (``shift`` at the head's
+    ``offset``, ``broadcast``, or the ``copy`` of a ``neither``/``copy`` head); None for a role-less label.
+    Not always the first passing role: a shift outranks a larger copy (docs/concepts.md, section 5)."""
+    want = {"shift": "shift", "broadcast": "broadcast"}.get(h.get("label"), "copy" if h.get("kind") == "copy" else None)
+    for i, r in enumerate(h.get("roles") or []):
+        if r.get("passes") and r.get("role") == want and (want != "shift" or r.get("offset") == h.get("offset")):
+            return i
+    return None
 
 
 def key_scores(h: dict) -> dict[str, float | None]:

@@ -27,6 +27,8 @@ from anchor_interp.cli.args import (
     add_device_argument,
     resolve_cli_device,
 )
+from anchor_interp.find_heads import DEFAULT_N_SAMPLES
+from anchor_interp.result import label_role_index
 
 PROG = "anchor-find-heads"
 DEFAULT_REPORT = Path("out") / "find_heads" / "report.html"
@@ -57,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --train: train for N epochs instead of the recipe's")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of every sample drawn (default: 0)")
     add_device_argument(p, default="cpu")
-    p.add_argument("--n-samples", type=_n_samples, default=256, metavar="N",
-                   help="held-out rows for accuracy, labels, patching and ablation (default: 256)")
+    p.add_argument("--n-samples", type=_n_samples, default=DEFAULT_N_SAMPLES, metavar="N",
+                   help=f"held-out rows for accuracy, labels, patching and ablation (default: {DEFAULT_N_SAMPLES})")
     p.add_argument("--json", metavar="PATH", help="result JSON (default: the report path with .json)")
     p.add_argument("--report", metavar="PATH", help=f"HTML report (default: {DEFAULT_REPORT}; PNG figures go beside it)")
     p.add_argument("--no-report", action="store_true", help="write only the JSON result")
@@ -125,7 +127,7 @@ def _check_inputs(args) -> None:
         for flag in ("task", "train", "json", "no_report", "allow_unsolved"):
             if getattr(args, flag):
                 raise UsageError(f"--from-json re-renders a saved result; --{flag.replace('_', '-')} does not apply")
-        for flag, default in (("n_samples", 256), ("seed", 0), ("device", "cpu")):
+        for flag, default in (("n_samples", DEFAULT_N_SAMPLES), ("seed", 0), ("device", "cpu")):
             if getattr(args, flag) != default:  # computes nothing: these would be silently ignored
                 raise UsageError(f"--from-json re-renders a saved result and computes nothing; "
                                  f"--{flag.replace('_', '-')} does not apply (rerun the analysis without --from-json)")
@@ -355,7 +357,8 @@ def _head_line(h: dict) -> str:
     detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
     label = h.get("label", "?") + ("~" if h.get("borderline") else "")
     roles = h.get("roles") or []
-    main = next((r for r in roles if r.get("passes")), None)
+    main_i = label_role_index(h)
+    main = None if main_i is None else roles[main_i]
     if main is not None:
         effect = f"{_num(main.get('effect'), '.2f')} [{_num(main.get('ci_low'), '.2f')}, {_num(main.get('ci_high'), '.2f')}]"
         route = main.get("route", "")

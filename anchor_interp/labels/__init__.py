@@ -38,7 +38,7 @@ from anchor_interp.labels.records import (
 )
 from anchor_interp.labels.roles import RoleEvidence
 from anchor_interp.labels.rule import ROLES, decide
-from anchor_interp.labels.stability import N_FOLDS, fold_labels
+from anchor_interp.labels.stability import N_FOLDS, confirms, fold_labels
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name
 
@@ -162,19 +162,21 @@ def analyse_heads(
     return HeadAnalysis(records, groups, thresholds, baseline, head_effects, circuit)
 
 
-def _apply_stability(rec: HeadRecord, labels: list[tuple] | None) -> None:
-    """Fold labels -> ``stability`` (share of the majority), ``borderline`` if not unanimous."""
-    if not labels:
+def _apply_stability(rec: HeadRecord, folds: list | None) -> None:
+    """Fold labels -> ``stability`` (share of folds giving the majority label and kind), ``borderline`` when
+    a fold does not confirm the label (:func:`anchor_interp.labels.stability.confirms`)."""
+    if not folds:
         return
-    mine = (rec.label, rec.offset, rec.kind)
+    labels = [(f.label, f.kind) for f in folds]
     top = max(set(labels), key=labels.count)
     rec.stability = labels.count(top) / len(labels)
-    rec.confidence *= labels.count(mine) / len(labels)
-    if rec.stability < 1.0:
+    confirmed = sum(confirms(f, rec.label, rec.offset, rec.kind) for f in folds)
+    rec.confidence *= confirmed / len(folds)
+    if confirmed < len(folds):
         rec.borderline = True
-        shown = ", ".join(f"{lab}{'' if off is None else f'({off:+d})'}{'' if k is None else '/' + k}"
-                          for lab, off, k in labels)
-        rec.notes.append(f"label differs across the {len(labels)} batches: {shown}")
+        shown = ", ".join(f"{f.label}{'' if f.offset is None else f'({f.offset:+d})'}{'' if f.kind is None else '/' + f.kind}"
+                          for f in folds)
+        rec.notes.append(f"{len(folds) - confirmed} of the {len(folds)} batches do not confirm the label: {shown}")
 
 
 def _gate_note(gate: dict, allowed: bool) -> str:

@@ -8,10 +8,11 @@ For each single-factor counterfactual the task has (``key_value``, ``anchor_posi
 (:mod:`anchor_interp.labels.routes`) and each part becomes a candidate role:
 
 - ``shift`` (offset ``k != 0``): the information comes from ``k`` positions away (``offset{k}`` part), and
-  at least half of that effect lands away from the last row (``rows{k}``: at the last row a fixed offset
-  also picks out the rows whose slot sits there, which is a broadcast);
+  the same terms without the last row (``rows{k}``, kept as ``away``) still carry at least the effect
+  threshold (at the last row a fixed offset also picks out the rows whose slot sits there, which is a
+  broadcast; the oracle's ``@nonlast`` test, docs/validation.md);
 - ``copy`` (offset 0): the information comes from the head's own position (a key copy), again with at
-  least half of it away from the last row;
+  least the effect threshold away from the last row;
 - ``broadcast`` (slot): the last row reads a task slot (``last:<slot>`` part) whose offset from the last
   row varies across the rows, and no single offset explains it (its effect exceeds every offset's).
 
@@ -66,6 +67,7 @@ class RoleEvidence:
     ci_high: float
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
+    away: float | None = None  # shift / copy: the effect of the same terms without the last row
 
     @property
     def margin(self) -> float:
@@ -97,6 +99,7 @@ class RoleEvidence:
         for k in ("effect", "ci_low", "ci_high"):
             d[k] = finite_or_none(d[k])
         d["routes"] = {k: finite_or_none(v) for k, v in self.routes.items()}
+        d["away"] = None if self.away is None else finite_or_none(self.away)
         d["margin"] = finite_or_none(self.margin)
         d["name"] = self.name()
         d["route"] = self.route_text()
@@ -176,26 +179,28 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
             for p in effects:
                 if p.startswith("slot:"):
                     slots[p] = max(slots.get(p, float("-inf")), effects[p])
-            for role, offset, slot, part in _candidates(effects, run):
+            for role, offset, slot, part in _candidates(effects, run, th.effect):
                 if not effects[part] >= th.effect / 2:
                     continue
                 lo, hi = torch.quantile(normalised(values[main.index(part)], run, boot),
                                         torch.tensor([0.025, 0.975])).tolist()
                 routes = {k: float(normalised(v, run)) for k, v in
                           route_values(model, run, layer, h, masks[part]).items()}
+                away = effects.get(f"rows{offset:+d}") if offset is not None else None
                 ev.roles[(layer, h)].append(RoleEvidence(role, offset, slot, run.kind, part, effects[part], lo, hi,
-                                                         routes))
+                                                         routes, away=away))
     return head_effect
 
 
-def _candidates(effects: dict[str, float], run: PairedRun) -> list[tuple[str, int | None, str | None, str]]:
-    """(role, offset, slot, part) for every part that could carry a role."""
+def _candidates(effects: dict[str, float], run: PairedRun,
+                least: float) -> list[tuple[str, int | None, str | None, str]]:
+    """(role, offset, slot, part) for every part that could carry a role; ``least``: the effect threshold."""
     out = []
     offsets = {p: int(p.removeprefix("offset")) for p in effects if p.startswith("offset")}
     for part, k in offsets.items():
-        # most of it must land away from the last row: there a fixed offset (0 included) also picks out
-        # the rows whose slot happens to sit at it, which is a broadcast seen through one offset
-        if effects.get(f"rows{k:+d}", 0.0) >= effects[part] / 2:
+        # it must matter away from the last row: there a fixed offset (0 included) also picks out the
+        # rows whose slot happens to sit at it, which is a broadcast seen through one offset
+        if effects.get(f"rows{k:+d}", 0.0) >= least:
             out.append(("copy", 0, None, part) if k == 0 else ("shift", k, None, part))
     best_offset = max((effects[p] for p in offsets), default=0.0)
     T = run.clean.tokens.shape[1]

@@ -9,16 +9,19 @@ largest:
 1. A role **passes** when its effect is at least ``Thresholds.effect`` and a later component uses it: its
    best route (path patching into a later layer's queries, keys or values, or into the logits) is at
    least ``Thresholds.route``. A role that moves information nothing uses gets a note, not a label.
-2. The **label** is the passing role with the largest effect (``ROLES``): ``shift`` (source offset
-   ``k != 0``; ``offset`` is the offset the causal test supports), ``broadcast`` (the last row reads a
-   task slot at varying offsets) or, for ``copy`` (the useful information comes from the head's own
-   position), ``neither`` with kind ``copy``. ``roles`` lists every measured role with its effect,
-   interval, margin, route and whether it passed; ``causal_effect`` is the label role's effect.
-3. **Borderline** when the label hangs on a threshold edge: the label role (for a role-less head, its
-   strongest role) lies within its margin (max(0.02, half its 95% interval)) of ``Thresholds.effect`` or
-   its best route within 0.02 of ``Thresholds.route``, or the two largest passing roles give different
-   labels (or offsets) within a margin of each other. Each role in ``roles`` carries its own
-   ``borderline`` flag.
+2. The **label** is the passing *operation* (``shift`` or ``broadcast``) with the largest effect; ``copy``
+   is the label (``neither`` with kind ``copy``: the useful information comes from the head's own
+   position) only when no operation passes (``ROLES``, ``PRECEDENCE``). A head that moves a token from
+   another position and has it used is a shift head even if it also copies its own key: the label says
+   which of the paper's operations a head performs, ``roles`` says everything it does (docs/concepts.md).
+   ``offset`` is the offset of the largest passing shift (every passing offset is in ``roles``);
+   ``causal_effect`` is the label role's effect.
+3. **Borderline** when the label hangs on a threshold edge: the label role (for a role-less or copy head,
+   also every operation role that would take the label if it passed) lies within its margin (max(0.02,
+   half its 95% interval)) of ``Thresholds.effect``, its best route within 0.02 of ``Thresholds.route``,
+   or its effect away from the last row (shift / copy) within 0.02 of ``Thresholds.effect``; or the two
+   largest passing operations are a shift and a broadcast within a margin of each other. Each role in
+   ``roles`` carries its own ``borderline`` flag.
 4. **No role**: ``neither`` with kind ``inert`` (its pattern looks like a shift or broadcast), else
    ``sink`` / ``self`` (score >= ``Thresholds.kind``), ``uniform`` (>= ``Thresholds.uniform``), ``other``.
 5. **Confidence** in [0, 1]: the probability, under a normal approximation of the bootstrap interval,
@@ -41,7 +44,7 @@ from anchor_interp.labels.records import FULL_EVIDENCE, HeadRecord, Thresholds, 
 from anchor_interp.labels.roles import MIN_MARGIN, RoleEvidence
 from anchor_interp.names import head_name
 
-__all__ = ["ROLES", "decide"]
+__all__ = ["PRECEDENCE", "ROLES", "decide", "main_role"]
 
 # role -> (label, kind): what a head whose main role this is gets called
 ROLES = {
@@ -49,6 +52,14 @@ ROLES = {
     "broadcast": ("broadcast", None),
     "copy": ("neither", "copy"),
 }
+# which passing role names the head: the paper's operations before the copy (largest effect within a rank)
+PRECEDENCE = {"shift": 0, "broadcast": 0, "copy": 1}
+OPERATIONS = tuple(r for r, rank in PRECEDENCE.items() if rank == 0)
+
+
+def main_role(passing: list[RoleEvidence]) -> RoleEvidence | None:
+    """The role that gives the label: the passing operation with the largest effect, else the copy."""
+    return min(passing, key=lambda r: (PRECEDENCE[r.role], -r.effect), default=None)
 
 
 def decide(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
@@ -58,15 +69,15 @@ def decide(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
     notes: list[str] = []
     passing = [r for r in ev.roles if _passes(r, th, notes)]
     roles = [_role_dict(r, th, r in passing) for r in ev.roles]
-    borderline = _borderline(ev.roles, passing, th)
-    if passing:
-        main = passing[0]  # roles are sorted by effect, largest first
+    main = main_role(passing)
+    borderline = _borderline(ev.roles, passing, main, th)
+    if main is not None:
         label, kind = ROLES[main.role]
         notes.append(f"{main.name()}: effect {main.effect:.2f} [{main.ci_low:.2f}, {main.ci_high:.2f}] >= "
                      f"{th.effect} ({main.counterfactual}); route {main.route_text()}")
-        others = [r.name() for r in passing[1:]]
+        others = [r for r in passing if r is not main]
         if others:
-            notes.append("also " + ", ".join(f"{r.name()} {r.effect:.2f}" for r in passing[1:]))
+            notes.append("also " + ", ".join(f"{r.name()} {r.effect:.2f}" for r in others))
         rec = HeadRecord(ev.layer, ev.head, head_name(ev.layer, ev.head), label,
                          main.offset if main.role == "shift" else None, kind, ev.scores, main.effect,
                          main.counterfactual, clip01(_p_pass(main, th)), None, notes)
@@ -96,18 +107,20 @@ def _role_dict(r: RoleEvidence, th: Thresholds, passed: bool) -> dict:
     return d
 
 
-def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], th: Thresholds) -> bool:
-    """The label hangs on a threshold edge: its role (or, for a role-less head, its strongest role) lies
-    within its margin of ``Thresholds.effect`` or its route within MIN_MARGIN of ``Thresholds.route``,
-    or the two largest passing roles give different labels and lie within a margin of each other."""
-    deciding = passing[:1] or sorted(roles, key=lambda r: -r.effect)[:1]
+def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], main: RoleEvidence | None,
+                th: Thresholds) -> bool:
+    """The label hangs on a threshold edge (module docstring, rule 3)."""
+    deciding = [main] if main is not None else sorted(roles, key=lambda r: -r.effect)[:1]
+    if main is None or main.role not in OPERATIONS:  # an operation crossing a threshold would take the label
+        deciding += [r for r in roles if r.role in OPERATIONS and r not in passing]
     for r in deciding:
-        if abs(r.effect - th.effect) < r.margin or abs(r.best_route[1] - th.route) < MIN_MARGIN:
+        if abs(r.effect - th.effect) < r.margin or abs(r.best_route[1] - th.route) < MIN_MARGIN or (
+                r.away is not None and abs(r.away - th.effect) < MIN_MARGIN):
             return True
-    if len(passing) >= 2:
-        a, b = passing[0], passing[1]
-        differs = ROLES[a.role] != ROLES[b.role] or a.offset != b.offset
-        return differs and (a.effect - b.effect) < max(a.margin, b.margin)
+    ops = [r for r in passing if r.role in OPERATIONS]
+    if len(ops) >= 2:
+        a, b = ops[0], ops[1]  # largest first
+        return a.role != b.role and (a.effect - b.effect) < max(a.margin, b.margin)
     return False
 
 

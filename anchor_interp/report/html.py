@@ -28,7 +28,7 @@ from anchor_interp.atomic import write_file_set
 from anchor_interp.names import head_name
 from anchor_interp.report.cards import head_cards, model_card
 from anchor_interp.report.diagram import circuit_layout, circuit_svg
-from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores
+from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores, label_role_index
 
 BUNDLE_MARKER = "anchor-interp-circuitsvis-bundle"
 
@@ -313,7 +313,7 @@ def _heads_section(d: dict[str, Any]) -> str:
         all_scores = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in scores.items())
         notes = "; ".join(str(n) for n in h.get("notes") or [] if str(n) not in common)
         roles = h.get("roles") or []
-        main_i = next((j for j, r in enumerate(roles) if r.get("passes")), None)
+        main_i = label_role_index(h)
         main = roles[main_i] if main_i is not None else None
         path = f"heads.{i}.roles.{main_i}" if main is not None else None
         interval = (f'<span data-json-path="{path}.ci_low">{_e(_fmt(main.get("ci_low"), 2))}</span>–'
@@ -510,7 +510,8 @@ def _route_target(heads: list[dict[str, Any]]) -> str:
     """' into layer 1's keys' / ' to the logits' when every head's label role routes to the same place."""
     targets = set()
     for h in heads:
-        role = next((r for r in h.get("roles") or [] if r.get("passes")), None)
+        i = label_role_index(h)
+        role = None if i is None else h["roles"][i]
         m = _ROUTE_RE.search(str((role or {}).get("route") or ""))
         targets.add(None if m is None else ("logits" if m.group(1) == "logits" else (m.group(2), m.group(3))))
     if len(targets) != 1 or None in targets:

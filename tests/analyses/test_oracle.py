@@ -119,7 +119,7 @@ def test_default_model_roles(oracle, default_model):
     copies = [h for h in l0 if h["label"] == "neither" and h["kind"] == "copy"]
     assert 1 <= len(shifts) <= 2 and len(shifts) + len(copies) == 4
     for h in shifts:
-        top = h["roles"][0]
+        top = next(r for r in h["roles"] if r["role"] == "shift")
         assert (top["role"], top["offset"], top["counterfactual"]) == ("shift", -1, "anchor_position")
         assert top["best_route"][0] == "L1.k" and top["route"]["L1 keys"] >= oracle.ROUTE_MIN
     for h in copies:
@@ -133,6 +133,20 @@ def test_default_model_roles(oracle, default_model):
         assert h["roles"][0]["best_route"][0] == "logits"
     text = oracle.format_table(result)
     assert "shift(-1)" in text and "L1 keys" in text and "broadcast(key)" in text
+
+
+def test_label_is_the_largest_operation_and_a_copy_only_without_one(oracle):
+    """The oracle's label rule (docs/validation.md): shift / broadcast before copy, largest effect within."""
+    copy = {"role": "copy", "offset": 0, "effect": 0.30, "counterfactual": "key_value"}
+    s1 = {"role": "shift", "offset": -1, "effect": 0.15, "counterfactual": "anchor_position"}
+    s2 = {"role": "shift", "offset": -2, "effect": 0.20, "counterfactual": "anchor_identity"}
+    bc = {"role": "broadcast", "slot": "key", "effect": 0.25, "counterfactual": "key_value"}
+    got = oracle.label_of([copy, s2, s1])
+    assert (got["label"], got["kind"], got["effect"], got["offsets"]) == ("shift", None, 0.20, [-2, -1])
+    assert oracle.label_of([copy, bc, s2])["label"] == "broadcast"
+    assert (oracle.label_of([copy])["label"], oracle.label_of([copy])["kind"]) == ("neither", "copy")
+    assert oracle.label_of([]) == {"label": "neither", "kind": None, "effect": 0.0, "counterfactual": None,
+                                   "offsets": []}
 
 
 def test_mechanism_model_same_seed_same_numbers(oracle, mechanism_model):

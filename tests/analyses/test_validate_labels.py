@@ -49,6 +49,15 @@ def test_summary_counts_agreement_and_the_issue_checks(vl):
     assert len(s["mismatches"]) == 2
 
 
+def test_stability_counts_confirmations_when_they_were_recorded(vl):
+    """Since 2026-12-01 another labelling confirms a shift(k) label when a shift from k passes on it, so a
+    head whose largest offset moves between two passing offsets is stable; older rows compare keys."""
+    h = _head("L0H0", "shift(-2)", "shift(-2)", 0.3, again=["shift(-1)"] * 7)
+    assert vl._stable(h) is False
+    assert vl._stable(dict(h, again_confirms=[True] * 7)) is True
+    assert vl._stable(dict(h, again_confirms=[True] * 6 + [False])) is False
+
+
 def test_models_the_oracle_could_not_judge_are_left_out(vl):
     heads = [_head("L0H0", "neither/unsolved", "neither/other", 0.0)]
     s = vl.summarise([{"name": "u", "heads": heads, "oracle_error": "does not solve",

@@ -242,17 +242,66 @@ def test_rule_label_is_the_largest_role_and_lists_the_others():
     assert [r["name"] for r in rec.roles if r["passes"]] == ["broadcast(anchor)", "shift(+1)"]
 
 
+def test_rule_a_passing_operation_outranks_a_larger_copy():
+    """Precedence (docs/concepts.md, rule 2): a head that shifts and also copies its own key is a shift head."""
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    rec = decide(_ev(_role("copy", 0.30, offset=0, cf="key_value", recv="L1.v"), _role("shift", 0.2, offset=-1)),
+                 DEFAULT_THRESHOLDS)
+    assert (rec.label, rec.offset, rec.kind) == ("shift", -1, None) and rec.causal_effect == 0.2
+    assert not rec.borderline and any(n.startswith("also copy 0.30") for n in rec.notes)
+
+
 @pytest.mark.parametrize("roles,borderline", [
     ([("shift", 0.11, -1)], True),                  # within the margin of the effect threshold
     ([("shift", 0.30, -1)], False),
-    ([("shift", 0.30, -1), ("shift", 0.29, 1)], True),  # near-tie between two directions
+    ([("shift", 0.30, -1), ("shift", 0.29, 1)], False),  # two offsets both pass: shift either way, both listed
     ([("shift", 0.30, -1), ("shift", 0.12, -2)], False),  # a weak second offset does not change the label
+    ([("shift", 0.30, -1), ("broadcast", 0.29, None)], True),  # shift or broadcast: a near tie
+    ([("copy", 0.30, 0), ("shift", 0.09, -1)], True),  # a shift just under the threshold would take the label
+    ([("copy", 0.30, 0), ("shift", 0.05, -1)], False),
 ])
 def test_rule_borderline_marks_threshold_edges_and_ties(roles, borderline):
     from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
 
-    rec = decide(_ev(*[_role(r, e, offset=o) for r, e, o in roles]), DEFAULT_THRESHOLDS)
+    rec = decide(_ev(*[_role(r, e, offset=o, slot=None if o is not None else "key") for r, e, o in roles]),
+                 DEFAULT_THRESHOLDS)
     assert rec.borderline is borderline
+
+
+def test_rule_borderline_when_a_shift_barely_matters_away_from_the_last_row():
+    import dataclasses
+
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    role = _role("shift", 0.40, offset=-3)
+    assert not decide(_ev(dataclasses.replace(role, away=0.20)), DEFAULT_THRESHOLDS).borderline
+    assert decide(_ev(dataclasses.replace(role, away=0.11)), DEFAULT_THRESHOLDS).borderline
+
+
+def test_candidates_need_the_effect_threshold_away_from_the_last_row():
+    """A shift offset whose terms off the last row carry at least the threshold is a candidate, even when most
+    of its effect sits at the last row (the oracle's @nonlast test); one that matters only at the last row is
+    not (a broadcast seen through one offset)."""
+    from types import SimpleNamespace
+
+    from anchor_interp.labels.roles import _candidates
+    from anchor_interp.labels.routes import PairedRun
+
+    run = PairedRun("anchor_position", SimpleNamespace(tokens=torch.zeros(1, 8)), None, 0, torch.zeros(1),
+                    torch.zeros(1), {}, {}, {}, {}, {}, {})
+    got = _candidates({"offset-3": 0.41, "rows-3": 0.19, "offset-5": 0.12, "rows-5": 0.01}, run, 0.1)
+    assert got == [("shift", -3, None, "offset-3")]
+
+
+def test_folds_confirm_a_label_by_its_role_not_by_their_largest_offset():
+    from anchor_interp.labels.stability import FoldLabel, confirms
+
+    fold = FoldLabel("shift", -2, None, frozenset({"shift(-2)", "shift(-1)", "copy"}))
+    assert confirms(fold, "shift", -1, None)  # shift(-1) passes on the fold, though -2 is larger there
+    assert not confirms(FoldLabel("shift", -2, None, frozenset({"shift(-2)"})), "shift", -1, None)
+    assert not confirms(FoldLabel("neither", None, "copy", frozenset({"copy"})), "shift", -1, None)
+    assert confirms(FoldLabel("neither", None, "copy", frozenset({"copy"})), "neither", None, "copy")
 
 
 def test_rule_no_role_falls_back_to_pattern_kinds():
