@@ -470,13 +470,11 @@ def label_of(roles: list[dict]) -> dict:
     shift offset, the label's first."""
     ops = [r for r in roles if r["role"] in ("shift", "broadcast")]
     top = ops[0] if ops else (roles[0] if roles else None)
-    shifts = [r["offset"] for r in roles if r["role"] == "shift"]
-    return {"label": "neither" if top is None or top["role"] == "copy" else top["role"],
-            "kind": "copy" if top is not None and top["role"] == "copy" else None,
-            "effect": top["effect"] if top else 0.0,
-            "counterfactual": top["counterfactual"] if top else None,
-            "offsets": ([top["offset"]] if top is not None and top["role"] == "shift" else [])
-            + sorted(set(shifts) - ({top["offset"]} if top is not None and top["role"] == "shift" else set()))}
+    role = top["role"] if top else None
+    shifts = [r["offset"] for r in roles if r["role"] == "shift"]  # largest effect first, so the label's first
+    return {"label": "neither" if role in (None, "copy") else role, "kind": "copy" if role == "copy" else None,
+            "effect": top["effect"] if top else 0.0, "counterfactual": top["counterfactual"] if top else None,
+            "offsets": list(dict.fromkeys(shifts))}
 
 
 def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dict]:

@@ -138,8 +138,7 @@ def _confirms(other, r) -> bool:
     kind, and for shift(k) a passing shift from offset k)."""
     from anchor_interp.labels.stability import FoldLabel, confirms
 
-    passing = frozenset(x["name"] for x in other.roles if x.get("passes"))
-    return confirms(FoldLabel(other.label, other.offset, other.kind, passing), r.label, r.offset, r.kind)
+    return confirms(FoldLabel.of(other), r.label, r.offset, r.kind)
 
 
 def _record(analysis, name: str):

@@ -37,6 +37,11 @@ class FoldLabel(NamedTuple):
     kind: str | None
     passing: frozenset[str]
 
+    @classmethod
+    def of(cls, rec) -> FoldLabel:
+        """The fold label of a labelled ``HeadRecord``."""
+        return cls(rec.label, rec.offset, rec.kind, frozenset(r["name"] for r in rec.roles if r["passes"]))
+
 
 def confirms(fold: FoldLabel, label: str, offset: int | None, kind: str | None) -> bool:
     """Whether ``fold`` confirms the label ``(label, offset, kind)`` (module docstring)."""
@@ -59,6 +64,5 @@ def fold_labels(model, batch, task, ev: ModelEvidence, th: Thresholds, *, seed: 
         for key, head_ev in ev.heads.items():
             effect = {kind: float(v[key]) for kind, v in causal.head_effect.items()}
             rec = decide(dataclasses.replace(head_ev, roles=causal.roles[key], head_effect=effect), th)
-            passing = frozenset(r["name"] for r in rec.roles if r["passes"])
-            out[key].append(FoldLabel(rec.label, rec.offset, rec.kind, passing))
+            out[key].append(FoldLabel.of(rec))
     return out
