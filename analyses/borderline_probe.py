@@ -27,6 +27,9 @@ Variants (label rule / fold test):
   borderline by themselves.
 - ``fixed:<t>``: the same order among passing roles within ``t`` (a fixed effect difference) of the largest;
   borderline when that difference lies within a margin of ``t``.
+- ``sure``: the largest operation (shift or broadcast, by effect) when one passes surely (its effect less
+  its margin reaches the threshold), else the largest passing role of any kind (an uncertain operation
+  does not outrank a larger copy).
 - ``order``: the order alone (a head with a passing shift is labelled shift). With the ``confirm`` fold test
   this is the rule adopted on 2026-12-01 (``anchor_interp.labels.rule``; ties between offsets are not
   borderline, near ties are only counted between a shift and a broadcast).
@@ -57,11 +60,12 @@ from anchor_interp.atomic import atomic_write_text  # noqa: E402
 
 DEFAULT_MODELS = Path.home() / ".cache" / "anchor_interp" / "validation"
 DEFAULT_OUT = Path.home() / ".cache" / "anchor_interp" / "borderline_probe"
-ORACLE = Path(__file__).resolve().parent / "results" / "validation" / "oracle_256"  # the oracle at 256 rows (before 2026-12-01)
+ORACLE = Path(__file__).resolve().parent / "results" / "validation" / "oracle"  # the oracle at 512 rows (oracle_256: before 2026-12-01)
 EFFECT, ROUTE, MIN_MARGIN, STRONG = 0.1, 0.05, 0.02, 0.2
 ORDER = {"shift": 0, "broadcast": 1, "copy": 2}
 VARIANTS = [("argmax", "exact"), ("argmax", "consistent"), ("stat", "exact"), ("stat", "consistent"),
-            ("fixed:0.05", "consistent"), ("fixed:0.1", "consistent"), ("order", "consistent"), ("order", "confirm")]
+            ("fixed:0.05", "consistent"), ("fixed:0.1", "consistent"), ("order", "consistent"), ("order", "confirm"),
+            ("argmax", "confirm"), ("stat", "confirm"), ("sure", "confirm")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +148,9 @@ def decide(roles: list[dict], rule: str) -> tuple[str | None, bool]:
     if not passing:
         return None, False
     top = passing[0]
+    if rule == "sure":  # the largest operation when one passes surely, else the largest role of any kind
+        ops = [r for r in passing if r["role"] != "copy"]
+        return _name(ops[0] if any(r["effect"] - r["margin"] >= EFFECT for r in ops) else top), False
     if rule == "argmax":
         edge = len(passing) > 1 and _name(passing[1]) != _name(top) and \
             top["effect"] - passing[1]["effect"] < max(top["margin"], passing[1]["margin"])
@@ -258,13 +265,13 @@ def reasons(models: list[dict]) -> list[str]:
     return lines
 
 
-def simulate(out: Path, rows: int, seeds: list[int], oracle_margin: float) -> str:
+def simulate(out: Path, rows: int, seeds: list[int], oracle_margin: float, oracle_dir: Path = ORACLE) -> str:
     paths = [p for p in sorted((out / str(rows)).glob("*__seed*.json")) if int(p.stem.rsplit("seed", 1)[1]) in seeds]
     if not paths:
         raise FileNotFoundError(f"no dumps for seeds {seeds} at {rows} rows in {out / str(rows)} (run the dump "
                                 "subcommand first)")
     models = [json.loads(p.read_text()) for p in paths]
-    oracle = {m["name"]: json.loads((ORACLE / f"{m['name']}.json").read_text()).get("heads", {}) for m in models}
+    oracle = {m["name"]: json.loads((oracle_dir / f"{m['name']}.json").read_text()).get("heads", {}) for m in models}
     models = [m for m in models if oracle[m["name"]]]
     lines = reasons(models)
     why = collections.Counter(line.split()[0] for line in lines)
@@ -288,6 +295,7 @@ def main(argv=None) -> int:
     p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--oracle-margin", type=float, default=0.03)
+    p.add_argument("--oracle", type=Path, default=ORACLE, help="the oracle's cached heads (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         if args.command == "dump":
@@ -296,7 +304,9 @@ def main(argv=None) -> int:
                                         "with analyses/validation_models.py)")
             dump(args.models_dir, args.out, args.rows, args.seeds)
         else:
-            print(simulate(args.out, args.rows, args.seeds, args.oracle_margin))
+            if not args.oracle.is_dir():
+                raise FileNotFoundError(f"--oracle {args.oracle} does not exist (run analyses/validate_labels.py first)")
+            print(simulate(args.out, args.rows, args.seeds, args.oracle_margin, args.oracle))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

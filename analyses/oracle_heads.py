@@ -62,6 +62,10 @@ ROUTE_MIN = 0.05
 # in one group (the rows whose key happens to sit at that offset from the last row).
 CONCENTRATION_MAX = 0.5
 MIN_GROUPS = 3  # fewer anchor positions than this: the concentration test is skipped (reported)
+# Edges: a test passed or failed by less than this (an effect, a share, a route) is reported (``edge`` on a
+# role, ``near_misses``, ``at_edge`` per head): the oracle has no intervals, so this says where its own
+# label could go either way; it does not change the label.
+NEAR = 0.02
 MIN_ROWS = 32  # fewest usable pairs (model right on the clean and the corrupt row) per counterfactual
 ROWS_PER_FORWARD = 4096  # patched runs are batched: many patches in one forward, this many rows at most
 ROUTE_PRINT_MIN = 0.02  # route entries printed in the table (the JSON has all)
@@ -477,6 +481,61 @@ def label_of(roles: list[dict]) -> dict:
             "offsets": list(dict.fromkeys(shifts))}
 
 
+def _candidate(src: str, r: dict, res: dict, run, check_spread: bool, recs: list):
+    """(role, extra fields, tests) for a source that could carry a role, else None. Each test is (name,
+    value, threshold, passes): ``effect``, ``spread`` (share of the largest anchor-position group, must not
+    exceed ``CONCENTRATION_MAX``), ``away`` (shift: the effect without the last row), ``route``."""
+    e, share = r["total"], r["share"]
+    tests = [("effect", e, EFFECT_MIN, e >= EFFECT_MIN)]
+    if check_spread:
+        ok = not math.isnan(share) and share <= CONCENTRATION_MAX
+        tests.append(("spread", 1.0 if math.isnan(share) else share, CONCENTRATION_MAX, ok))
+    route_e = best_route(r, recs)[1]
+    if src == "offset+0":
+        return "copy", {"offset": 0}, tests
+    if src.startswith("offset") and "@" not in src:
+        # a shift must exist away from the scored row: a broadcast head's last row reads the slot at an
+        # offset that changes with the row, and each such offset alone can carry EFFECT_MIN; the same
+        # terms without the last row carry nothing
+        away = res[f"{src}@nonlast"]["total"]
+        tests += [("away", away, EFFECT_MIN, away >= EFFECT_MIN), ("route", route_e, ROUTE_MIN, route_e >= ROUTE_MIN)]
+        return "shift", {"offset": _offset_of(src), "effect_nonlast": away}, tests
+    if src.endswith("@last") and not src.startswith(("other", "all")):
+        slot = src[: -len("@last")]
+        pos = run.slots_c[slot]
+        offsets = sorted(set((pos[pos >= 0] - (run.T - 1)).tolist()))
+        if len(offsets) < 2:
+            return None
+        tests.append(("route", route_e, ROUTE_MIN, route_e >= ROUTE_MIN))
+        return "broadcast", {"slot": slot, "offsets": offsets}, tests
+    return None
+
+
+def _near_misses(near: list[dict], best: dict) -> list[dict]:
+    """Near misses of roles the head does not have, one per role (the largest), largest first."""
+    out: dict[tuple, dict] = {}
+    for r in near:
+        key = (r["role"], r.get("offset"), r.get("slot"))
+        if key not in best and (key not in out or r["effect"] > out[key]["effect"]):
+            out[key] = r
+    return sorted(out.values(), key=lambda r: -r["effect"])
+
+
+def at_edge(roles: list[dict], near: list[dict]) -> list[str]:
+    """Why the oracle's own label sits within ``NEAR`` of a threshold (empty: it does not): a test of the
+    label's role passes by less than ``NEAR``, or a near-miss operation would take the label (any, when the
+    label is a copy or none; a larger one of the other kind otherwise)."""
+    lab = label_of(roles)
+    top = next((r for r in roles if r["role"] in ("shift", "broadcast")), roles[0] if roles else None)
+    why = [f"{_role_name(top)} {t}" for t in (top or {}).get("edge", [])]
+    for r in near:
+        if r["role"] == "copy":
+            continue
+        if lab["label"] == "neither" or (r["role"] != top["role"] and r["effect"] > top["effect"]):
+            why.append(f"{_role_name(r)} fails {'/'.join(r['failed'])} by < {NEAR}")
+    return why
+
+
 def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dict]:
     """Apply the decision rule to every head. per_kind[kind][(L, H)] = analyse_pair output."""
     cfg = model.cfg
@@ -484,40 +543,27 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
     for layer in range(cfg.n_layers):
         recs = receivers(model, layer, per_head=False)
         for head in range(cfg.n_heads):
-            roles = []
+            roles, near = [], []
             for kind, res_all in per_kind.items():
                 res = res_all[(layer, head)]
                 run = runs[kind]
                 check_spread = len(run.group_ids) >= MIN_GROUPS
 
-                def spread_ok(src, res=res, check_spread=check_spread):
-                    s = res[src]["share"]
-                    return (not check_spread) or (not math.isnan(s) and s <= CONCENTRATION_MAX)
-
                 for src, r in res.items():
-                    e = r["total"]
-                    if e < EFFECT_MIN or not spread_ok(src):
+                    cand = _candidate(src, r, res, run, check_spread, recs)
+                    if cand is None:
                         continue
+                    role, extra, tests = cand
+                    failed = [t for t in tests if not t[3]]
+                    close = [t for t in tests if abs(t[1] - t[2]) < NEAR]
                     route_name, route_e = best_route(r, recs)
-                    entry = {"counterfactual": kind, "source": src, "effect": e, "share": r["share"],
-                             "best_route": [route_name, route_e],
-                             "route": route_summary(r, model, layer)}
-                    if src == "offset+0":
-                        roles.append({"role": "copy", "offset": 0, **entry})
-                    elif src.startswith("offset") and "@" not in src:
-                        # a shift must exist away from the scored row: a broadcast head's last row reads
-                        # the slot at an offset that changes with the row, and each such offset alone
-                        # can carry EFFECT_MIN; the same terms without the last row carry nothing
-                        away = res[f"{src}@nonlast"]["total"]
-                        if away >= EFFECT_MIN and route_e >= ROUTE_MIN:
-                            roles.append({"role": "shift", "offset": _offset_of(src), "effect_nonlast": away,
-                                          **entry})
-                    elif src.endswith("@last") and not src.startswith(("other", "all")):
-                        slot = src[: -len("@last")]
-                        pos = run.slots_c[slot]
-                        offsets = sorted(set((pos[pos >= 0] - (run.T - 1)).tolist()))
-                        if len(offsets) >= 2 and route_e >= ROUTE_MIN:
-                            roles.append({"role": "broadcast", "slot": slot, "offsets": offsets, **entry})
+                    entry = {"counterfactual": kind, "source": src, "effect": r["total"], "share": r["share"],
+                             "best_route": [route_name, route_e], "route": route_summary(r, model, layer),
+                             **extra}
+                    if not failed:
+                        roles.append({"role": role, **entry, "edge": [t[0] for t in close]})
+                    elif all(abs(t[1] - t[2]) < NEAR for t in failed) and r["total"] >= EFFECT_MIN - NEAR:
+                        near.append({"role": role, **entry, "failed": [t[0] for t in failed]})
             # one entry per role (shift per offset, broadcast per slot): the counterfactual with the largest effect
             best: dict[tuple, dict] = {}
             for r in roles:
@@ -525,7 +571,9 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
                 if key not in best or r["effect"] > best[key]["effect"]:
                     best[key] = r
             roles = sorted(best.values(), key=lambda r: -r["effect"])
+            near = _near_misses(near, best)
             entry = {"head": f"L{layer}H{head}", "layer": layer, "head_index": head, **label_of(roles), "roles": roles,
+                     "near_misses": near, "at_edge": at_edge(roles, near),
                      "full_head": {kind: res_all[(layer, head)]["all"] for kind, res_all in per_kind.items()}}
             if "anchor2" in slot_names:
                 reads = {s: max(per_kind[k][(layer, head)].get(f"{s}@all", {}).get("total", 0.0) for k in per_kind)
@@ -648,6 +696,11 @@ def format_table(result: dict) -> str:
         for r in h["roles"]:
             lines.append(f"{'':<8}{_role_name(r)} [{r['counterfactual']}] source {r['source']} {r['effect']:.2f} "
                          f"(largest anchor-position share {r['share']:.2f}) -> {_fmt_route(r['route'])}")
+        for r in h.get("near_misses", []):
+            lines.append(f"{'':<8}near miss: {_role_name(r)} [{r['counterfactual']}] {r['effect']:.2f}, fails "
+                         f"{'/'.join(r['failed'])} by < {NEAR}")
+        if h.get("at_edge"):
+            lines.append(f"{'':<8}label at an edge: {'; '.join(h['at_edge'])}")
         full = "; ".join(f"{k} {v['total']:.2f} -> {_fmt_route(route_summary(v, _ModelCfg(result), h['layer']))}"
                          for k, v in h["full_head"].items())
         lines.append(f"{'':<8}whole head: {full}")

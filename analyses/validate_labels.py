@@ -163,9 +163,11 @@ def summarise(models: list[dict]) -> dict:
                       .get("solved", True) for h in m["heads"])
     out = {"models": len(models), "models_compared": len(models) - len(unsolved), "unsolved_or_oracle_error": unsolved,
            "unsolved_models_have_no_role_labels": withheld_ok, "heads": len(rows), "labels": {}}
+    clear = [h for h in rows if h["oracle_effect"] >= STRONG and not h.get("oracle_at_edge")]
     for label in ROLE_LABELS:
         out["labels"][label] = {"all": _pr(rows, label), "strong": _pr([h for h in rows if h["oracle_effect"] >= STRONG],
-                                                                      label)}
+                                                                      label),
+                                "strong_oracle_clear": _pr(clear, label)}
     copies = [h for h in rows if h.get("oracle_kind") == "copy"]
     out["copy"] = {"oracle_copies": len(copies), "labelled_neither_copy": sum(h["kind"] == "copy" for h in copies),
                    "labelled_copy_but_oracle_not": sum(h["kind"] == "copy" and h.get("oracle_kind") != "copy"
@@ -186,10 +188,26 @@ def summarise(models: list[dict]) -> dict:
                         "same_label_on_every_batch_and_size": sum(_stable(h) for h in stable),
                         "changed": [f"{h['model']}:{h['head']} {h['key']} -> {sorted(set(h['again']))}"
                                     for h in stable if not _stable(h)]}
+    wrong = [h for h in rows if _coarse(h["key"]) != _coarse(h["oracle_key"])]
+    out["disagreements"] = {"heads": len(wrong), "labeller_borderline": sum(h["borderline"] for h in wrong),
+                            "oracle_at_edge": sum(bool(h.get("oracle_at_edge")) for h in wrong),
+                            "neither_borderline_nor_edge": sum(not h["borderline"] and not h.get("oracle_at_edge")
+                                                               for h in wrong)}
     out["mismatches"] = [f"{h['model']}:{h['head']} labeller {h['key']}{'~' if h['borderline'] else ''} "
-                         f"oracle {h['oracle_key']} ({h['oracle_effect']:.2f})" for h in rows
-                         if _coarse(h["key"]) != _coarse(h["oracle_key"])]
+                         f"oracle {h['oracle_key']} ({h['oracle_effect']:.2f})"
+                         + (f" [oracle at an edge: {'; '.join(h['oracle_at_edge'])}]" if h.get("oracle_at_edge") else "")
+                         for h in wrong]
     return out
+
+
+def attach_oracle_edges(models: list[dict], cache_dir: Path) -> None:
+    """Copy each head's ``at_edge`` (why the oracle's own label sits within ``NEAR`` of a threshold) from the
+    oracle's cache into the compared rows as ``oracle_at_edge`` (None: a cache from before 2026-12-01)."""
+    for m in models:
+        path = cache_dir / f"{m['name']}.json"
+        heads = json.loads(path.read_text()).get("heads", {}) if path.is_file() else {}
+        for h in m["heads"]:
+            h["oracle_at_edge"] = heads.get(h["head"], {}).get("at_edge")
 
 
 def _stable(h: dict) -> bool:
@@ -225,6 +243,12 @@ def write_table(summary: dict, models: list[dict], path: Path) -> None:
                      f"{_f(s['precision'])} | {_f(s['recall'])} |")
     c = summary["copy"]
     lines.append(f"| copy (neither) | {c['oracle_copies']} | | {_f(c['labelled_neither_copy'] / c['oracle_copies']) if c['oracle_copies'] else '-'} | | |")
+    d = summary["disagreements"]
+    clear = ", ".join(f"{lab} {_f(v['strong_oracle_clear']['precision'])} / {_f(v['strong_oracle_clear']['recall'])}"
+                      for lab, v in summary["labels"].items())
+    lines += ["", f"Label disagreements: {d['heads']}; the labeller marks {d['labeller_borderline']} borderline; the "
+              f"oracle's own label is at an edge on {d['oracle_at_edge']}; neither: {d['neither_borderline_nor_edge']}. "
+              f"Strong heads whose oracle label is not at an edge, precision / recall: {clear}."]
     lines += ["", "| model | accuracy | labeller | oracle |", "|---|---|---|---|"]
     for m in models:
         acc = (m["competence"] or {}).get("competence_accuracy")
@@ -284,6 +308,7 @@ def main(argv=None) -> int:
         print(f"{f.name}: {time.perf_counter() - t0:.0f} s; " + ", ".join(
             f"{h['head']}={h['key']}{'~' if h['borderline'] else ''}/{h.get('oracle_key', '?')}" for h in m["heads"]),
             flush=True)
+    attach_oracle_edges(models, args.out / "oracle")
     summary = summarise(models)
     summary["seeds"] = args.seeds
     _atomic_json(args.out / f"summary_seeds{'-'.join(map(str, args.seeds))}.json", summary)
@@ -291,12 +316,12 @@ def main(argv=None) -> int:
     with open(args.out / f"heads_seeds{'-'.join(map(str, args.seeds))}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "head", "label", "borderline", "stability", "effect", "route", "reads", "oracle_label",
-                    "oracle_effect", "oracle_reads", "again"])
+                    "oracle_effect", "oracle_reads", "oracle_at_edge", "again"])
         for m in models:
             for h in m["heads"]:
                 w.writerow([m["name"], h["head"], h["key"], h["borderline"], h["stability"], round(h["effect"], 4),
                             h["route"], h["reads"], h.get("oracle_key"), h.get("oracle_effect"), h.get("oracle_reads"),
-                            " ".join(h["again"])])
+                            "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
     print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches",)}, indent=1, default=str))
     print("mismatches:", *summary["mismatches"], sep="\n  ")
     return 0

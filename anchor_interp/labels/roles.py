@@ -14,7 +14,14 @@ For each single-factor counterfactual the task has (``key_value``, ``anchor_posi
 - ``copy`` (offset 0): the information comes from the head's own position (a key copy), again with at
   least the effect threshold away from the last row;
 - ``broadcast`` (slot): the last row reads a task slot (``last:<slot>`` part) whose offset from the last
-  row varies across the rows, and no single offset explains it (its effect exceeds every offset's).
+  row varies across the rows, and it is spread over the anchor positions.
+
+**Spread** (the oracle's test, for broadcasts): with the rows grouped by their clean anchor position, no
+group carries more than ``CONCENTRATION_MAX`` of the ``last:<slot>`` part's effect: "one slot wherever it
+is"; a head that reads one fixed offset at the last row gets a slot read only from the rows whose slot
+happens to sit there. Fewer than ``MIN_GROUPS`` anchor positions: not tested. (Shift and copy candidates
+are not spread-tested: real shift heads reach shares of 0.49 in the oracle, so at 0.5 the test flipped
+them between batches; their guard is the ``away`` test.)
 
 Each candidate keeps the counterfactual under which it is largest, its normalised effect (1 = restores
 the clean answer), a 95% bootstrap interval over rows (``N_BOOTSTRAP`` resamples) and its route: the
@@ -29,6 +36,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from anchor_interp.labels.records import Thresholds, finite_or_none
 from anchor_interp.labels.routes import (
@@ -40,12 +49,15 @@ from anchor_interp.labels.routes import (
     source_values,
 )
 
-__all__ = ["N_BOOTSTRAP", "ROLE_KINDS", "CausalEvidence", "RoleEvidence", "measure_roles"]
+__all__ = ["CONCENTRATION_MAX", "MIN_GROUPS", "N_BOOTSTRAP", "ROLE_KINDS", "CausalEvidence", "RoleEvidence",
+           "measure_roles"]
 
 ROLE_KINDS = ("key_value", "anchor_position", "anchor_identity", "anchor_identity_2")
 N_BOOTSTRAP = 1000
 MIN_MARGIN = 0.02  # the least margin around a threshold (effects are in [0, 1])
 MIN_PAIRED_ROWS = 8  # fewer kept rows than this: the counterfactual is not used
+CONCENTRATION_MAX = 0.5  # a broadcast's largest anchor-position group may carry at most this share of it
+MIN_GROUPS = 3  # fewer anchor positions than this in the rows: the spread test is skipped
 _WHAT = {"key_value": "key value", "anchor_position": "anchor position", "anchor_identity": "anchor identity",
          "anchor_identity_2": "second anchor identity"}
 _INPUT = {"q": "queries", "k": "keys", "v": "values"}
@@ -68,6 +80,7 @@ class RoleEvidence:
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
     away: float | None = None  # shift / copy: the effect of the same terms without the last row
+    spread: float | None = None  # broadcast: share of the effect in its largest anchor-position group
 
     @property
     def margin(self) -> float:
@@ -100,6 +113,7 @@ class RoleEvidence:
             d[k] = finite_or_none(d[k])
         d["routes"] = {k: finite_or_none(v) for k, v in self.routes.items()}
         d["away"] = None if self.away is None else finite_or_none(self.away)
+        d["spread"] = None if self.spread is None else finite_or_none(self.spread)
         d["margin"] = finite_or_none(self.margin)
         d["name"] = self.name()
         d["route"] = self.route_text()
@@ -175,11 +189,13 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
             if rows:  # the shift candidates' effect away from the last row
                 effects.update(zip(rows, normalised(source_values(model, run, layer, [(h, masks[p]) for p in rows]),
                                                     run).tolist(), strict=True))
+            shares = {p: _largest_group_share(values[main.index(p)], run) for p in main
+                      if p.startswith("last:") and effects[p] >= th.effect / 2}
             slots = ev.slot_effect.setdefault((layer, h), {})
             for p in effects:
                 if p.startswith("slot:"):
                     slots[p] = max(slots.get(p, float("-inf")), effects[p])
-            for role, offset, slot, part in _candidates(effects, run, th.effect):
+            for role, offset, slot, part in _candidates(effects, run, th.effect, shares):
                 if not effects[part] >= th.effect / 2:
                     continue
                 lo, hi = torch.quantile(normalised(values[main.index(part)], run, boot),
@@ -188,13 +204,36 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
                           route_values(model, run, layer, h, masks[part]).items()}
                 away = effects.get(f"rows{offset:+d}") if offset is not None else None
                 ev.roles[(layer, h)].append(RoleEvidence(role, offset, slot, run.kind, part, effects[part], lo, hi,
-                                                         routes, away=away))
+                                                         routes, away=away, spread=shares.get(part)))
     return head_effect
 
 
-def _candidates(effects: dict[str, float], run: PairedRun,
-                least: float) -> list[tuple[str, int | None, str | None, str]]:
-    """(role, offset, slot, part) for every part that could carry a role; ``least``: the effect threshold."""
+def _largest_group_share(values: Float[Tensor, " batch"], run: PairedRun) -> float | None:
+    """The share of a part's effect (per row: patched minus corrupt logit difference, negatives as 0 per
+    group) carried by its largest group of rows with one clean anchor position, in [0, 1]; None when the
+    rows hold fewer than ``MIN_GROUPS`` anchor positions (not tested), 1 when nothing is positive."""
+    if "anchor" not in run.slots:
+        return None
+    pos = run.slots["anchor"][0]  # (B,) clean anchor positions
+    groups = pos.unique()
+    if len(groups) < MIN_GROUPS:
+        return None
+    d = values - run.corrupt_ld  # (B,)
+    per_group = torch.stack([d[pos == g].sum() for g in groups]).clamp(min=0)  # (G,)
+    total = float(per_group.sum())
+    return float(per_group.max()) / total if total > 0 else 1.0
+
+
+def _candidates(effects: dict[str, float], run: PairedRun, least: float,
+                shares: dict[str, float | None]) -> list[tuple[str, int | None, str | None, str]]:
+    """(role, offset, slot, part) for every part that could carry a role; ``least``: the effect threshold;
+    ``shares``: the largest anchor-position share of each ``last:<slot>`` part (None: not tested; missing:
+    fails)."""
+
+    def spread(part: str) -> bool:
+        share = shares.get(part, 1.0)
+        return share is None or share <= CONCENTRATION_MAX
+
     out = []
     offsets = {p: int(p.removeprefix("offset")) for p in effects if p.startswith("offset")}
     for part, k in offsets.items():
@@ -202,12 +241,11 @@ def _candidates(effects: dict[str, float], run: PairedRun,
         # rows whose slot happens to sit at it, which is a broadcast seen through one offset
         if effects.get(f"rows{k:+d}", 0.0) >= least:
             out.append(("copy", 0, None, part) if k == 0 else ("shift", k, None, part))
-    best_offset = max((effects[p] for p in offsets), default=0.0)
     T = run.clean.tokens.shape[1]
     for slot, (pos_c, _) in run.slots.items():
         varying = len(set((pos_c - (T - 1)).tolist())) >= 2  # the slot sits at several offsets from the last row
         part = f"last:{slot}"
-        if varying and part in effects and effects[part] > best_offset:
+        if varying and part in effects and spread(part):
             out.append(("broadcast", None, slot, part))
     return out
 

@@ -149,6 +149,31 @@ def test_label_is_the_largest_operation_and_a_copy_only_without_one(oracle):
                                    "offsets": []}
 
 
+def test_candidate_tests_and_edges(oracle):
+    """A shift needs effect, spread, away and route; one that fails only its away test by less than NEAR is a
+    near miss, and a near-miss shift on a copy head puts the oracle's own label at an edge (the three
+    composition / multi-anchor copies of docs/validation.md: away 0.091-0.0999)."""
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(slots_c={"key": torch.tensor([3, 5, 7])}, T=10)
+    recs = [("L1.v",)]
+    src = {"total": 0.12, "share": 0.2, "L1.v": 0.12}
+    res = {"offset-1": src, "offset-1@nonlast": {"total": 0.0999}}
+    role, extra, tests = oracle._candidate("offset-1", src, res, run, True, recs)
+    assert role == "shift" and extra["offset"] == -1
+    assert [(t[0], t[3]) for t in tests] == [("effect", True), ("spread", True), ("away", False), ("route", True)]
+    res["offset-1@nonlast"]["total"] = 0.05  # clearly fails: no near miss
+    assert not oracle._candidate("offset-1", src, res, run, True, recs)[2][2][3]
+    bc = oracle._candidate("key@last", {"total": 0.3, "share": 0.6, "L1.v": 0.3}, res, run, True, recs)
+    assert bc[0] == "broadcast" and ("spread", 0.6, oracle.CONCENTRATION_MAX, False) in bc[2]
+    copy = {"role": "copy", "offset": 0, "effect": 0.20, "counterfactual": "key_value", "edge": []}
+    near_shift = {"role": "shift", "offset": -1, "effect": 0.12, "failed": ["away"]}
+    assert oracle.at_edge([copy], []) == []
+    assert oracle.at_edge([copy], [near_shift]) == [f"shift(-1) fails away by < {oracle.NEAR}"]
+    shift = {"role": "shift", "offset": -1, "effect": 0.30, "counterfactual": "anchor_position", "edge": ["route"]}
+    assert oracle.at_edge([shift, copy], [dict(near_shift, offset=-2)]) == ["shift(-1) route"]
+
+
 def test_mechanism_model_same_seed_same_numbers(oracle, mechanism_model):
     model, task = mechanism_model
     a = oracle.run_oracle(model, task, n_samples=64, seed=3, kinds=["key_value"])

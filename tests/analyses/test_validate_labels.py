@@ -64,3 +64,24 @@ def test_models_the_oracle_could_not_judge_are_left_out(vl):
                        "competence": {"solved": False}}])
     assert s["models_compared"] == 0 and s["unsolved_or_oracle_error"] == ["u"]
     assert s["unsolved_models_have_no_role_labels"] is True
+
+
+def test_disagreements_say_whether_the_oracle_itself_was_at_an_edge(vl, tmp_path):
+    """A false shift on a strong copy whose own shift the oracle rejects by less than NEAR is counted, and
+    also reported apart: strong-head precision over heads whose oracle label is not at an edge."""
+    import json
+
+    heads = [_head("L0H0", "shift(-1)", "neither/copy", 0.25, borderline=True),
+             _head("L0H1", "shift(-1)", "shift(-1)", 0.30)]
+    (tmp_path / "m.json").write_text(json.dumps({"heads": {
+        "L0H0": {"at_edge": ["shift(-1) fails away by < 0.02"]}, "L0H1": {"at_edge": []}}}))
+    models = [{"name": "m", "heads": heads, "competence": {"solved": True}}]
+    vl.attach_oracle_edges(models, tmp_path)
+    s = vl.summarise(models)
+    assert s["labels"]["shift"]["strong"]["precision"] == 0.5
+    assert s["labels"]["shift"]["strong_oracle_clear"]["precision"] == 1.0
+    assert s["disagreements"] == {"heads": 1, "labeller_borderline": 1, "oracle_at_edge": 1,
+                                  "neither_borderline_nor_edge": 0}
+    assert "oracle at an edge: shift(-1) fails away" in s["mismatches"][0]
+    vl.attach_oracle_edges(models, tmp_path / "missing")  # no cache: None, not an edge
+    assert heads[0]["oracle_at_edge"] is None

@@ -290,8 +290,37 @@ def test_candidates_need_the_effect_threshold_away_from_the_last_row():
 
     run = PairedRun("anchor_position", SimpleNamespace(tokens=torch.zeros(1, 8)), None, 0, torch.zeros(1),
                     torch.zeros(1), {}, {}, {}, {}, {}, {})
-    got = _candidates({"offset-3": 0.41, "rows-3": 0.19, "offset-5": 0.12, "rows-5": 0.01}, run, 0.1)
+    got = _candidates({"offset-3": 0.41, "rows-3": 0.19, "offset-5": 0.12, "rows-5": 0.01}, run, 0.1, {})
     assert got == [("shift", -3, None, "offset-3")]
+
+
+def _slot_run(anchor_pos: list[int], corrupt_ld: float = 0.0):
+    from types import SimpleNamespace
+
+    from anchor_interp.labels.routes import PairedRun
+
+    pos = torch.tensor(anchor_pos)
+    B = len(anchor_pos)
+    return PairedRun("key_value", SimpleNamespace(tokens=torch.zeros(B, 10)), None, 0, torch.ones(B),
+                     torch.full((B,), corrupt_ld), {}, {}, {}, {}, {"anchor": (pos, pos)}, {})
+
+
+def test_a_broadcast_candidate_is_spread_over_anchor_positions_even_when_an_offset_is_larger():
+    """The slot read at the last row is a broadcast when no anchor-position group carries more than half of
+    it (the oracle's spread test), even if a fixed offset carries more (the mechanism model's layer-1 head
+    reads a fixed offset as well on some batches); a read concentrated in one group is not."""
+    from anchor_interp.labels.roles import _candidates, _largest_group_share
+
+    run = _slot_run([1, 2, 3, 4] * 4)
+    spread = torch.tensor([0.5] * 16)  # every row restored half-way
+    assert _largest_group_share(spread, run) == pytest.approx(0.25)
+    one_group = torch.tensor([1.0, 0.0, 0.0, 0.0] * 4)  # only rows whose anchor sits at position 1
+    assert _largest_group_share(one_group, run) == pytest.approx(1.0)
+    effects = {"last:anchor": 0.37, "offset-2": 0.39, "rows-2": 0.02}
+    assert _candidates(effects, run, 0.1, {"last:anchor": 0.25}) == [("broadcast", None, "anchor", "last:anchor")]
+    assert _candidates(effects, run, 0.1, {"last:anchor": 1.0}) == []
+    assert _largest_group_share(spread, _slot_run([1, 2] * 8)) is None  # two positions: not tested
+    assert _candidates(effects, run, 0.1, {"last:anchor": None}) == [("broadcast", None, "anchor", "last:anchor")]
 
 
 def test_folds_confirm_a_label_by_its_role_not_by_their_largest_offset():
