@@ -481,16 +481,16 @@ def label_of(roles: list[dict]) -> dict:
             "offsets": list(dict.fromkeys(shifts))}
 
 
-def _candidate(src: str, r: dict, res: dict, run, check_spread: bool, recs: list):
+def _candidate(src: str, r: dict, res: dict, run, check_spread: bool, route_e: float):
     """(role, extra fields, tests) for a source that could carry a role, else None. Each test is (name,
     value, threshold, passes): ``effect``, ``spread`` (share of the largest anchor-position group, must not
-    exceed ``CONCENTRATION_MAX``), ``away`` (shift: the effect without the last row), ``route``."""
+    exceed ``CONCENTRATION_MAX``), ``away`` (shift: the effect without the last row), ``route`` (``route_e``:
+    the source's best receiver effect)."""
     e, share = r["total"], r["share"]
     tests = [("effect", e, EFFECT_MIN, e >= EFFECT_MIN)]
     if check_spread:
         ok = not math.isnan(share) and share <= CONCENTRATION_MAX
         tests.append(("spread", 1.0 if math.isnan(share) else share, CONCENTRATION_MAX, ok))
-    route_e = best_route(r, recs)[1]
     if src == "offset+0":
         return "copy", {"offset": 0}, tests
     if src.startswith("offset") and "@" not in src:
@@ -550,13 +550,13 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
                 check_spread = len(run.group_ids) >= MIN_GROUPS
 
                 for src, r in res.items():
-                    cand = _candidate(src, r, res, run, check_spread, recs)
+                    route_name, route_e = best_route(r, recs)
+                    cand = _candidate(src, r, res, run, check_spread, route_e)
                     if cand is None:
                         continue
                     role, extra, tests = cand
                     failed = [t for t in tests if not t[3]]
                     close = [t for t in tests if abs(t[1] - t[2]) < NEAR]
-                    route_name, route_e = best_route(r, recs)
                     entry = {"counterfactual": kind, "source": src, "effect": r["total"], "share": r["share"],
                              "best_route": [route_name, route_e], "route": route_summary(r, model, layer),
                              **extra}

@@ -111,10 +111,9 @@ def compare_model(folder: Path, seed: int, *, stability: bool, orc: dict, rows: 
 
 
 def _head_row(r, o: dict | None, again: list) -> dict:
-    from anchor_interp.result import label_role_index
+    from anchor_interp.result import label_role
 
-    i = label_role_index({"label": r.label, "offset": r.offset, "kind": r.kind, "roles": r.roles})
-    main = None if i is None else r.roles[i]
+    main = label_role({"label": r.label, "offset": r.offset, "kind": r.kind, "roles": r.roles})
     row = {
         "head": r.name, "label": r.label, "offset": r.offset, "kind": r.kind, "key": _label_key(r.label, r.offset, r.kind),
         "effect": r.causal_effect, "borderline": r.borderline, "stability": r.stability, "reads": r.reads,

@@ -18,7 +18,8 @@ from typing import Any
 from anchor_interp import __version__
 from anchor_interp.atomic import atomic_write_text
 
-__all__ = ["PATCHING_SWEEPS", "SCHEMA_VERSION", "FindHeadsResult", "json_safe", "key_scores", "label_role_index"]
+__all__ = ["PATCHING_SWEEPS", "SCHEMA_VERSION", "FindHeadsResult", "json_safe", "key_scores", "label_role",
+           "label_role_index"]
 
 SCHEMA_VERSION = 1
 
@@ -157,6 +158,12 @@ def label_role_index(h: dict) -> int | None:
         if r.get("passes") and r.get("role") == want and (want != "shift" or r.get("offset") == h.get("offset")):
             return i
     return None
+
+
+def label_role(h: dict) -> dict | None:
+    """The role dict at :func:`label_role_index` (None for a role-less label)."""
+    i = label_role_index(h)
+    return None if i is None else h["roles"][i]
 
 
 def key_scores(h: dict) -> dict[str, float | None]:

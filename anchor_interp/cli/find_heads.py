@@ -28,7 +28,7 @@ from anchor_interp.cli.args import (
     resolve_cli_device,
 )
 from anchor_interp.find_heads import DEFAULT_N_SAMPLES
-from anchor_interp.result import label_role_index
+from anchor_interp.result import label_role
 
 PROG = "anchor-find-heads"
 DEFAULT_REPORT = Path("out") / "find_heads" / "report.html"
@@ -357,8 +357,7 @@ def _head_line(h: dict) -> str:
     detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
     label = h.get("label", "?") + ("~" if h.get("borderline") else "")
     roles = h.get("roles") or []
-    main_i = label_role_index(h)
-    main = None if main_i is None else roles[main_i]
+    main = label_role(h)
     if main is not None:
         effect = f"{_num(main.get('effect'), '.2f')} [{_num(main.get('ci_low'), '.2f')}, {_num(main.get('ci_high'), '.2f')}]"
         route = main.get("route", "")

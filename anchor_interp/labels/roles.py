@@ -214,12 +214,11 @@ def _largest_group_share(values: Float[Tensor, " batch"], run: PairedRun) -> flo
     rows hold fewer than ``MIN_GROUPS`` anchor positions (not tested), 1 when nothing is positive."""
     if "anchor" not in run.slots:
         return None
-    pos = run.slots["anchor"][0]  # (B,) clean anchor positions
-    groups = pos.unique()
+    groups, group_of = run.slots["anchor"][0].unique(return_inverse=True)  # (G,), (B,) clean anchor positions
     if len(groups) < MIN_GROUPS:
         return None
     d = values - run.corrupt_ld  # (B,)
-    per_group = torch.stack([d[pos == g].sum() for g in groups]).clamp(min=0)  # (G,)
+    per_group = d.new_zeros(len(groups)).index_add_(0, group_of, d).clamp(min=0)  # (G,)
     total = float(per_group.sum())
     return float(per_group.max()) / total if total > 0 else 1.0
 

@@ -28,7 +28,14 @@ from anchor_interp.atomic import write_file_set
 from anchor_interp.names import head_name
 from anchor_interp.report.cards import head_cards, model_card
 from anchor_interp.report.diagram import circuit_layout, circuit_svg
-from anchor_interp.result import PATCHING_SWEEPS, FindHeadsResult, json_safe, key_scores, label_role_index
+from anchor_interp.result import (
+    PATCHING_SWEEPS,
+    FindHeadsResult,
+    json_safe,
+    key_scores,
+    label_role,
+    label_role_index,
+)
 
 BUNDLE_MARKER = "anchor-interp-circuitsvis-bundle"
 
@@ -510,8 +517,7 @@ def _route_target(heads: list[dict[str, Any]]) -> str:
     """' into layer 1's keys' / ' to the logits' when every head's label role routes to the same place."""
     targets = set()
     for h in heads:
-        i = label_role_index(h)
-        role = None if i is None else h["roles"][i]
+        role = label_role(h)
         m = _ROUTE_RE.search(str((role or {}).get("route") or ""))
         targets.add(None if m is None else ("logits" if m.group(1) == "logits" else (m.group(2), m.group(3))))
     if len(targets) != 1 or None in targets:

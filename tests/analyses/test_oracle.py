@@ -156,15 +156,14 @@ def test_candidate_tests_and_edges(oracle):
     from types import SimpleNamespace
 
     run = SimpleNamespace(slots_c={"key": torch.tensor([3, 5, 7])}, T=10)
-    recs = [("L1.v",)]
     src = {"total": 0.12, "share": 0.2, "L1.v": 0.12}
     res = {"offset-1": src, "offset-1@nonlast": {"total": 0.0999}}
-    role, extra, tests = oracle._candidate("offset-1", src, res, run, True, recs)
+    role, extra, tests = oracle._candidate("offset-1", src, res, run, True, 0.12)
     assert role == "shift" and extra["offset"] == -1
     assert [(t[0], t[3]) for t in tests] == [("effect", True), ("spread", True), ("away", False), ("route", True)]
     res["offset-1@nonlast"]["total"] = 0.05  # clearly fails: no near miss
-    assert not oracle._candidate("offset-1", src, res, run, True, recs)[2][2][3]
-    bc = oracle._candidate("key@last", {"total": 0.3, "share": 0.6, "L1.v": 0.3}, res, run, True, recs)
+    assert not oracle._candidate("offset-1", src, res, run, True, 0.12)[2][2][3]
+    bc = oracle._candidate("key@last", {"total": 0.3, "share": 0.6, "L1.v": 0.3}, res, run, True, 0.3)
     assert bc[0] == "broadcast" and ("spread", 0.6, oracle.CONCENTRATION_MAX, False) in bc[2]
     copy = {"role": "copy", "offset": 0, "effect": 0.20, "counterfactual": "key_value", "edge": []}
     near_shift = {"role": "shift", "offset": -1, "effect": 0.12, "failed": ["away"]}
