@@ -3,8 +3,9 @@
     python analyses/borderline_probe.py dump --seeds 0 1 --rows 256        # labeller evidence, main + 5 folds
     python analyses/borderline_probe.py simulate --seeds 0 1 --rows 256    # reasons + rule variants
 
-``dump`` runs ``anchor_interp.labels.analyse_heads`` exactly as ``analyses/validate_labels.py`` does (held-out
-rows, sample seed 1000 + k, ``seed=0``) on every validation model of the chosen seeds and records, per head,
+``dump`` runs ``anchor_interp.labels.analyse_heads`` as ``analyses/validate_labels.py`` did until the recheck
+of 2026-12-01 (held-out rows, sample seed 1000 + k, ``seed=0``, the folds only: ``recheck=False``) on every
+validation model of the chosen seeds and records, per head,
 the role evidence the rule saw on the whole batch and on each of the 5 stability folds (effect, 95% interval,
 margin, routes, whether it passes), with the final ``borderline`` / ``stability``. One JSON per model in
 ``--out/<rows>/`` (default ``~/.cache/anchor_interp/borderline_probe``); existing files are kept.
@@ -102,7 +103,8 @@ def dump(models_dir: Path, out: Path, rows: int, seeds: list[int]) -> None:
         model.eval()
         calls.clear()
         t0 = time.perf_counter()
-        an = labels.analyse_heads(model, task.sample(rows, split="test", seed=1000 + seed), task, seed=0)
+        an = labels.analyse_heads(model, task.sample(rows, split="test", seed=1000 + seed), task, seed=0,
+                                  recheck=False)
         n = len(an.records)
         folds = [calls[n * (i + 1): n * (i + 2)] for i in range(len(calls) // n - 1)]
         atomic_write_text(path, json.dumps({

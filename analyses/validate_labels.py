@@ -7,7 +7,8 @@
 
 For every trained model of ``analyses/validation_models.py`` (folder ``<task>__<preset>__seed<k>``):
 
-1. the labeller, ``anchor_interp.labels.analyse_heads`` on 512 held-out rows (sample seed 1000 + k);
+1. the labeller, ``anchor_interp.labels.analyse_heads`` on 512 held-out rows (sample seed 1000 + k, and the
+   same number as its ``seed``, so that its counterfactuals and recheck batches differ between batches);
 2. the oracle, ``analyses/oracle_heads.py`` (plain TransformerLens hooks, its own decision rule:
    docs/validation.md) on 512 held-out rows of the same seed;
 3. with ``--stability`` (default): the labeller again on 5 other batches (sample seeds 2000 + 10 k + i)
@@ -59,7 +60,7 @@ def _labeller(model, task, n: int, sample_seed: int):
     from anchor_interp.labels import analyse_heads
 
     batch = task.sample(n, split="test", seed=sample_seed)
-    return analyse_heads(model, batch, task, seed=0)
+    return analyse_heads(model, batch, task, seed=sample_seed)
 
 
 def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:

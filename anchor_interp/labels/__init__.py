@@ -8,13 +8,14 @@
     roles.py      route effects -> each head's candidate roles (shift(k), broadcast(slot), copy)
     evidence.py   model + rows -> HeadEvidence per head (pattern, weight, ablation scores and roles)
     rule.py       HeadEvidence -> HeadRecord (``decide``: pure; the table of roles)
-    stability.py  rows split into folds -> each head's label per fold -> stability, borderline
+    stability.py  rows split into folds (or, to recheck, fresh batches) -> each head's label per fold ->
+                  stability, borderline
     groups.py     records + evidence -> HeadGroups (joint ablation), records updated
     records.py    Thresholds, HeadRecord, HeadGroup, HeadAnalysis (the JSON contract)
 
 With a task, ``analyse_heads`` first keeps the rows of the unmasked groups (what the model was trained
 to do) and checks the model solves them (the competence gate); then evidence -> rule -> stability over
-``N_FOLDS`` folds -> groups.
+``N_FOLDS`` folds (a head some fold does not confirm: rechecked on ``N_FOLDS`` fresh batches) -> groups.
 
 docs/concepts.md gives the rule's reasons and the measurements behind each threshold.
 """
@@ -38,7 +39,7 @@ from anchor_interp.labels.records import (
 )
 from anchor_interp.labels.roles import RoleEvidence
 from anchor_interp.labels.rule import ROLES, decide
-from anchor_interp.labels.stability import N_FOLDS, confirms, fold_labels
+from anchor_interp.labels.stability import N_FOLDS, batch_labels, confirms, fold_labels
 from anchor_interp.models.validate import check_tokens
 from anchor_interp.names import head_name
 
@@ -116,8 +117,14 @@ def analyse_heads(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     method: str = "mean",
     allow_unsolved: bool = False,
+    recheck: bool = True,
 ) -> HeadAnalysis:
-    """Like :func:`label_heads`, and also return the head groups, thresholds and baselines."""
+    """Like :func:`label_heads`, and also return the head groups, thresholds and baselines.
+
+    ``recheck`` (with a task): a head that one of the ``N_FOLDS`` folds does not confirm (and that is not
+    borderline on the whole batch already) is labelled again on ``N_FOLDS`` independent held-out batches of
+    the batch's size sampled from the task, which then give its stability and borderline flag
+    (:mod:`anchor_interp.labels.stability`); ``False`` keeps the folds (e.g. to stay on your own rows)."""
     if not isinstance(thresholds, Thresholds):
         raise ValueError(f"thresholds: expected a Thresholds instance, got {type(thresholds).__name__}")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -126,6 +133,7 @@ def analyse_heads(
     if task is not None:
         batch, notes = _task_batch(tokens, task, n_samples, seed)
         check_tokens(model, batch.tokens)
+        n_sampled = len(batch)
         batch, dropped_note = unmasked_rows(batch, task)
         notes += dropped_note
         tokens = batch.tokens
@@ -144,6 +152,16 @@ def analyse_heads(
         gate = competence(model, batch, task, predictions=ev.clean_pred)
         baseline.update(gate)
         stability = fold_labels(model, first_rows(batch), task, ev, thresholds, seed=seed)
+        unsure = {(r.layer, r.head) for r in records if not r.borderline and not all(
+            confirms(f, r.label, r.offset, r.kind) for f in stability.get((r.layer, r.head), []))}
+        if recheck and unsure:
+            stability.update(batch_labels(model, task, n_sampled, ev, thresholds, seed=seed, heads=unsure,
+                                          device=batch.tokens.device))
+            for rec in records:
+                if (rec.layer, rec.head) in unsure:
+                    rec.notes.append(f"a fold of {len(first_rows(batch)) // N_FOLDS} rows did not confirm the label: "
+                                     f"its stability comes from {N_FOLDS} independent held-out batches of {n_sampled} "
+                                     "rows instead (recheck)")
         for rec in records:
             _apply_stability(rec, stability.get((rec.layer, rec.head)))
         if not gate["solved"]:

@@ -11,8 +11,9 @@ For each single-factor counterfactual the task has (``key_value``, ``anchor_posi
   the same terms without the last row (``rows{k}``, kept as ``away``) still carry at least the effect
   threshold (at the last row a fixed offset also picks out the rows whose slot sits there, which is a
   broadcast; the oracle's ``@nonlast`` test, docs/validation.md);
-- ``copy`` (offset 0): the information comes from the head's own position (a key copy), again with at
-  least the effect threshold away from the last row;
+- ``copy`` (offset 0): the information comes from the head's own position (a key copy); the whole
+  ``offset+0`` part counts, the last row included, as in the oracle's copy test (a copy never outranks an
+  operation, so it cannot hide one);
 - ``broadcast`` (slot): the last row reads a task slot (``last:<slot>`` part) whose offset from the last
   row varies across the rows, and it is spread over the anchor positions.
 
@@ -79,7 +80,7 @@ class RoleEvidence:
     ci_high: float
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
-    away: float | None = None  # shift / copy: the effect of the same terms without the last row
+    away: float | None = None  # shift: the effect of the same terms without the last row
     spread: float | None = None  # broadcast: share of the effect in its largest anchor-position group
 
     @property
@@ -138,8 +139,10 @@ def _kinds(task) -> list[str]:
     return [k for k in ROLE_KINDS if k in applicable]
 
 
-def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, causal: bool) -> CausalEvidence:
-    """Every head's candidate roles under every single-factor counterfactual of ``task`` (module docstring)."""
+def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, causal: bool,
+                  heads: set[tuple[int, int]] | None = None) -> CausalEvidence:
+    """Every head's candidate roles under every single-factor counterfactual of ``task`` (module docstring);
+    ``heads``: only these (layer, head) are measured (the others get no roles and a whole-head effect of 0)."""
     from anchor_interp.tasks import TaskError
 
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -160,31 +163,35 @@ def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, caus
                             f"< {thresholds.min_logit_gap}); its effects are set to 0")
             ev.head_effect[kind] = torch.zeros(L, H)
             continue
-        ev.head_effect[kind] = _measure_kind(model, run, ev, thresholds, seed, causal)
+        ev.head_effect[kind] = _measure_kind(model, run, ev, thresholds, seed, causal, heads)
     for key, roles in ev.roles.items():
         reads = _reads(ev.slot_effect.get(key, {}), thresholds.effect)
         ev.roles[key] = [dataclasses.replace(r, reads=reads) for r in _strongest_per_role(roles)]
     return ev
 
 
-def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, seed: int, causal: bool):
+def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, seed: int, causal: bool,
+                  heads: set[tuple[int, int]] | None = None):
     L, H = model.cfg.n_layers, model.cfg.n_heads
     B = run.clean_ld.shape[0]
     masks = part_masks(run, causal)
     parts = [p for p in masks if p != "head"]
     gen = torch.Generator().manual_seed(seed)
     boot = torch.randint(B, (N_BOOTSTRAP, B), generator=gen)  # (R, B) resampled rows
-    head_effect = torch.zeros(L, H)
+    head_effect = torch.zeros(L, H)  # the heads left out by ``heads`` stay 0
     for layer in range(L):
-        whole = source_values(model, run, layer, [(h, masks["head"]) for h in range(H)])  # (H, B)
-        head_effect[layer] = normalised(whole, run)
-        for h in range(H):
+        chosen = [h for h in range(H) if heads is None or (layer, h) in heads]
+        if not chosen:
+            continue
+        whole = source_values(model, run, layer, [(h, masks["head"]) for h in chosen])  # (len(chosen), B)
+        head_effect[layer, chosen] = normalised(whole, run)
+        for h in chosen:
             if not head_effect[layer, h] >= th.effect / 2:
                 continue
             main = [p for p in parts if not p.startswith("rows")]
             values = source_values(model, run, layer, [(h, masks[p]) for p in main])  # (P, B)
             effects = dict(zip(main, normalised(values, run).tolist(), strict=True))
-            rows = [f"rows{p.removeprefix('offset')}" for p in main if p.startswith("offset")
+            rows = [f"rows{p.removeprefix('offset')}" for p in main if p.startswith("offset") and p != "offset+0"
                     and effects[p] >= th.effect / 2 and f"rows{p.removeprefix('offset')}" in masks]
             if rows:  # the shift candidates' effect away from the last row
                 effects.update(zip(rows, normalised(source_values(model, run, layer, [(h, masks[p]) for p in rows]),
@@ -236,10 +243,12 @@ def _candidates(effects: dict[str, float], run: PairedRun, least: float,
     out = []
     offsets = {p: int(p.removeprefix("offset")) for p in effects if p.startswith("offset")}
     for part, k in offsets.items():
-        # it must matter away from the last row: there a fixed offset (0 included) also picks out the
-        # rows whose slot happens to sit at it, which is a broadcast seen through one offset
-        if effects.get(f"rows{k:+d}", 0.0) >= least:
-            out.append(("copy", 0, None, part) if k == 0 else ("shift", k, None, part))
+        # a shift must matter away from the last row: there a fixed offset also picks out the rows whose
+        # slot happens to sit at it, which is a broadcast seen through one offset
+        if k == 0 and effects[part] >= least:
+            out.append(("copy", 0, None, part))
+        elif k != 0 and effects.get(f"rows{k:+d}", 0.0) >= least:
+            out.append(("shift", k, None, part))
     T = run.clean.tokens.shape[1]
     for slot, (pos_c, _) in run.slots.items():
         varying = len(set((pos_c - (T - 1)).tolist())) >= 2  # the slot sits at several offsets from the last row

@@ -19,7 +19,7 @@ largest:
 3. **Borderline** when the label hangs on a threshold edge: the label role (for a role-less or copy head,
    also every operation role that would take the label if it passed) lies within its margin (max(0.02,
    half its 95% interval)) of ``Thresholds.effect``, its best route within 0.02 of ``Thresholds.route``,
-   or its effect away from the last row (shift / copy) within 0.02 of ``Thresholds.effect``; or the two
+   or its effect away from the last row (shift) within 0.02 of ``Thresholds.effect``; or the two
    largest passing operations are a shift and a broadcast within a margin of each other. Each role in
    ``roles`` carries its own ``borderline`` flag.
 4. **No role**: ``neither`` with kind ``inert`` (its pattern looks like a shift or broadcast), else

@@ -294,6 +294,20 @@ def test_candidates_need_the_effect_threshold_away_from_the_last_row():
     assert got == [("shift", -3, None, "offset-3")]
 
 
+def test_a_copy_candidate_counts_the_last_row_like_the_oracle():
+    """The own-position part is a copy when it reaches the threshold, wherever in the rows it sits (the
+    oracle's copy test has no away condition); below the threshold it is not."""
+    from types import SimpleNamespace
+
+    from anchor_interp.labels.roles import _candidates
+    from anchor_interp.labels.routes import PairedRun
+
+    run = PairedRun("key_value", SimpleNamespace(tokens=torch.zeros(1, 8)), None, 0, torch.zeros(1),
+                    torch.zeros(1), {}, {}, {}, {}, {}, {})
+    assert _candidates({"offset+0": 0.14}, run, 0.1, {}) == [("copy", 0, None, "offset+0")]
+    assert _candidates({"offset+0": 0.09}, run, 0.1, {}) == []
+
+
 def _slot_run(anchor_pos: list[int], corrupt_ld: float = 0.0):
     from types import SimpleNamespace
 
@@ -331,6 +345,57 @@ def test_folds_confirm_a_label_by_its_role_not_by_their_largest_offset():
     assert not confirms(FoldLabel("shift", -2, None, frozenset({"shift(-2)"})), "shift", -1, None)
     assert not confirms(FoldLabel("neither", None, "copy", frozenset({"copy"})), "shift", -1, None)
     assert confirms(FoldLabel("neither", None, "copy", frozenset({"copy"})), "neither", None, "copy")
+
+
+def test_a_fold_that_does_not_confirm_is_rechecked_on_independent_batches(default_model, monkeypatch):
+    """A fold of a fifth of the rows can swap two clear roles by chance: when one does not confirm a label,
+    stability and borderline come from five fresh held-out batches of the full size (here they confirm every
+    default-model label); with recheck=False the fold decides and the head is borderline."""
+    import anchor_interp.labels as labels
+    from anchor_interp.labels.stability import FoldLabel
+
+    model, task = default_model
+    batch = task.sample(100, split="test", seed=3)
+    real = labels.fold_labels
+    calls = []
+
+    def one_fold_says_copy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out[(1, 0)][2] = FoldLabel("neither", None, "copy", frozenset({"copy"}))
+        return out
+
+    def counted(model, task, n_rows, *args, **kwargs):
+        calls.append(n_rows)
+        return real_batches(model, task, n_rows, *args, **kwargs)
+
+    real_batches = labels.batch_labels
+    monkeypatch.setattr(labels, "fold_labels", one_fold_says_copy)
+    monkeypatch.setattr(labels, "batch_labels", counted)
+    kept = labels.analyse_heads(model, batch, task, seed=0, recheck=False)
+    assert calls == [] and kept.records[4].borderline and kept.records[4].stability == 0.8
+    rechecked = labels.analyse_heads(model, batch, task, seed=0)
+    assert calls == [100]
+    l1h0 = rechecked.records[4]
+    assert l1h0.name == "L1H0" and l1h0.label == "broadcast" and not l1h0.borderline and l1h0.stability == 1.0
+    assert any("independent held-out batches of 100 rows" in n for n in l1h0.notes)
+
+
+def test_roles_measured_for_chosen_heads_equal_the_full_measurement(default_model):
+    """The recheck measures only the heads it rechecks: their roles are the same numbers as in a full pass."""
+    from anchor_interp.labels import DEFAULT_THRESHOLDS
+    from anchor_interp.labels.roles import measure_roles
+
+    model, task = default_model
+    batch = task.sample(64, split="test", seed=11)
+    full = measure_roles(model, batch, task, thresholds=DEFAULT_THRESHOLDS, seed=2, causal=True)
+    some = measure_roles(model, batch, task, thresholds=DEFAULT_THRESHOLDS, seed=2, causal=True, heads={(0, 1), (1, 2)})
+    for key in full.roles:
+        if key in ((0, 1), (1, 2)):
+            assert [r.to_dict() for r in some.roles[key]] == [r.to_dict() for r in full.roles[key]] != []
+        else:
+            assert some.roles[key] == []
+    for kind, effect in full.head_effect.items():
+        assert effect[0, 1] == some.head_effect[kind][0, 1] and some.head_effect[kind][0, 0] == 0
 
 
 def test_rule_no_role_falls_back_to_pattern_kinds():
