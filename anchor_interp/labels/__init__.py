@@ -121,10 +121,8 @@ def analyse_heads(
 ) -> HeadAnalysis:
     """Like :func:`label_heads`, and also return the head groups, thresholds and baselines.
 
-    ``recheck`` (with a task): a head that one of the ``N_FOLDS`` folds does not confirm (and that is not
-    borderline on the whole batch already) is labelled again on ``N_FOLDS`` independent held-out batches of
-    the batch's size sampled from the task, which then give its stability and borderline flag
-    (:mod:`anchor_interp.labels.stability`); ``False`` keeps the folds (e.g. to stay on your own rows)."""
+    ``recheck`` (with a task): label a head some fold does not confirm again on ``N_FOLDS`` fresh held-out
+    batches of the batch's size (:mod:`anchor_interp.labels.stability`); ``False`` keeps the folds."""
     if not isinstance(thresholds, Thresholds):
         raise ValueError(f"thresholds: expected a Thresholds instance, got {type(thresholds).__name__}")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -151,17 +149,7 @@ def analyse_heads(
     if batch is not None:
         gate = competence(model, batch, task, predictions=ev.clean_pred)
         baseline.update(gate)
-        stability = fold_labels(model, first_rows(batch), task, ev, thresholds, seed=seed)
-        unsure = {(r.layer, r.head) for r in records if not r.borderline and not all(
-            confirms(f, r.label, r.offset, r.kind) for f in stability.get((r.layer, r.head), []))}
-        if recheck and unsure:
-            stability.update(batch_labels(model, task, n_sampled, ev, thresholds, seed=seed, heads=unsure,
-                                          device=batch.tokens.device))
-            for rec in records:
-                if (rec.layer, rec.head) in unsure:
-                    rec.notes.append(f"a fold of {len(first_rows(batch)) // N_FOLDS} rows did not confirm the label: "
-                                     f"its stability comes from {N_FOLDS} independent held-out batches of {n_sampled} "
-                                     "rows instead (recheck)")
+        stability = _stability(model, batch, task, ev, records, thresholds, seed=seed, recheck_rows=n_sampled if recheck else 0)
         for rec in records:
             _apply_stability(rec, stability.get((rec.layer, rec.head)))
         if not gate["solved"]:
@@ -178,6 +166,24 @@ def analyse_heads(
     head_effects = {kind: v.tolist() for kind, v in ev.causal.head_effect.items()} if ev.causal else {}
     circuit = [head_name(*h) for h in circuit_heads(records, groups, thresholds)]
     return HeadAnalysis(records, groups, thresholds, baseline, head_effects, circuit)
+
+
+def _stability(model, batch, task, ev, records: list[HeadRecord], th: Thresholds, *, seed: int,
+               recheck_rows: int) -> dict:
+    """(layer, head) -> its labels on the ``N_FOLDS`` folds; with ``recheck_rows`` > 0, a head some fold does not
+    confirm (and not borderline already) gets its labels on ``N_FOLDS`` fresh batches of that many rows."""
+    stability = fold_labels(model, first_rows(batch), task, ev, th, seed=seed)
+    unsure = {(r.layer, r.head) for r in records if not r.borderline and not all(
+        confirms(f, r.label, r.offset, r.kind) for f in stability.get((r.layer, r.head), []))}
+    if recheck_rows and unsure:
+        stability.update(batch_labels(model, task, recheck_rows, ev, th, seed=seed, heads=unsure,
+                                      device=batch.tokens.device))
+        for rec in records:
+            if (rec.layer, rec.head) in unsure:
+                rec.notes.append(f"a fold of {len(first_rows(batch)) // N_FOLDS} rows did not confirm the label: its "
+                                 f"stability comes from {N_FOLDS} independent held-out batches of {recheck_rows} rows "
+                                 "instead (recheck)")
+    return stability
 
 
 def _apply_stability(rec: HeadRecord, folds: list | None) -> None:

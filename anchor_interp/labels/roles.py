@@ -12,17 +12,18 @@ For each single-factor counterfactual the task has (``key_value``, ``anchor_posi
   threshold (at the last row a fixed offset also picks out the rows whose slot sits there, which is a
   broadcast; the oracle's ``@nonlast`` test, docs/validation.md);
 - ``copy`` (offset 0): the information comes from the head's own position (a key copy); the whole
-  ``offset+0`` part counts, the last row included, as in the oracle's copy test (a copy never outranks an
-  operation, so it cannot hide one);
+  ``offset+0`` part counts, the last row included, and it must be spread over the anchor positions: the
+  oracle's copy test (at the last row offset 0 also picks out the rows whose slot is the last token, a
+  broadcast seen through offset 0, which sits in one anchor-position group);
 - ``broadcast`` (slot): the last row reads a task slot (``last:<slot>`` part) whose offset from the last
   row varies across the rows, and it is spread over the anchor positions.
 
-**Spread** (the oracle's test, for broadcasts): with the rows grouped by their clean anchor position, no
-group carries more than ``CONCENTRATION_MAX`` of the ``last:<slot>`` part's effect: "one slot wherever it
-is"; a head that reads one fixed offset at the last row gets a slot read only from the rows whose slot
-happens to sit there. Fewer than ``MIN_GROUPS`` anchor positions: not tested. (Shift and copy candidates
-are not spread-tested: real shift heads reach shares of 0.49 in the oracle, so at 0.5 the test flipped
-them between batches; their guard is the ``away`` test.)
+**Spread** (the oracle's test, for broadcasts and copies): with the rows grouped by their clean anchor
+position, no group carries more than ``CONCENTRATION_MAX`` of the ``last:<slot>`` (``offset+0``) part's
+effect: "one slot wherever it is"; a head that reads one fixed offset at the last row gets a slot read
+only from the rows whose slot happens to sit there. Fewer than ``MIN_GROUPS`` anchor positions: not
+tested. (Shift candidates are not spread-tested: real shift heads reach shares of 0.49 in the oracle, so
+at 0.5 the test flipped them between batches; their guard is the ``away`` test.)
 
 Each candidate keeps the counterfactual under which it is largest, its normalised effect (1 = restores
 the clean answer), a 95% bootstrap interval over rows (``N_BOOTSTRAP`` resamples) and its route: the
@@ -81,7 +82,7 @@ class RoleEvidence:
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
     away: float | None = None  # shift: the effect of the same terms without the last row
-    spread: float | None = None  # broadcast: share of the effect in its largest anchor-position group
+    spread: float | None = None  # broadcast / copy: share of the effect in its largest anchor-position group
 
     @property
     def margin(self) -> float:
@@ -197,7 +198,7 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
                 effects.update(zip(rows, normalised(source_values(model, run, layer, [(h, masks[p]) for p in rows]),
                                                     run).tolist(), strict=True))
             shares = {p: _largest_group_share(values[main.index(p)], run) for p in main
-                      if p.startswith("last:") and effects[p] >= th.effect / 2}
+                      if (p.startswith("last:") or p == "offset+0") and effects[p] >= th.effect / 2}
             slots = ev.slot_effect.setdefault((layer, h), {})
             for p in effects:
                 if p.startswith("slot:"):
@@ -233,7 +234,7 @@ def _largest_group_share(values: Float[Tensor, " batch"], run: PairedRun) -> flo
 def _candidates(effects: dict[str, float], run: PairedRun, least: float,
                 shares: dict[str, float | None]) -> list[tuple[str, int | None, str | None, str]]:
     """(role, offset, slot, part) for every part that could carry a role; ``least``: the effect threshold;
-    ``shares``: the largest anchor-position share of each ``last:<slot>`` part (None: not tested; missing:
+    ``shares``: the largest anchor-position share of each ``last:<slot>`` and the ``offset+0`` part (None: not tested; missing:
     fails)."""
 
     def spread(part: str) -> bool:
@@ -245,7 +246,7 @@ def _candidates(effects: dict[str, float], run: PairedRun, least: float,
     for part, k in offsets.items():
         # a shift must matter away from the last row: there a fixed offset also picks out the rows whose
         # slot happens to sit at it, which is a broadcast seen through one offset
-        if k == 0 and effects[part] >= least:
+        if k == 0 and effects[part] >= least and spread(part):
             out.append(("copy", 0, None, part))
         elif k != 0 and effects.get(f"rows{k:+d}", 0.0) >= least:
             out.append(("shift", k, None, part))

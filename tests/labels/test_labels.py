@@ -294,9 +294,10 @@ def test_candidates_need_the_effect_threshold_away_from_the_last_row():
     assert got == [("shift", -3, None, "offset-3")]
 
 
-def test_a_copy_candidate_counts_the_last_row_like_the_oracle():
+def test_a_copy_candidate_is_the_oracles_copy_test():
     """The own-position part is a copy when it reaches the threshold, wherever in the rows it sits (the
-    oracle's copy test has no away condition); below the threshold it is not."""
+    oracle's copy test has no away condition), and is spread over the anchor positions (concentrated in
+    one group it is a broadcast seen through offset 0 at the last row); below the threshold it is not."""
     from types import SimpleNamespace
 
     from anchor_interp.labels.roles import _candidates
@@ -304,8 +305,10 @@ def test_a_copy_candidate_counts_the_last_row_like_the_oracle():
 
     run = PairedRun("key_value", SimpleNamespace(tokens=torch.zeros(1, 8)), None, 0, torch.zeros(1),
                     torch.zeros(1), {}, {}, {}, {}, {}, {})
-    assert _candidates({"offset+0": 0.14}, run, 0.1, {}) == [("copy", 0, None, "offset+0")]
-    assert _candidates({"offset+0": 0.09}, run, 0.1, {}) == []
+    assert _candidates({"offset+0": 0.14}, run, 0.1, {"offset+0": 0.2}) == [("copy", 0, None, "offset+0")]
+    assert _candidates({"offset+0": 0.14}, run, 0.1, {"offset+0": None}) == [("copy", 0, None, "offset+0")]
+    assert _candidates({"offset+0": 0.14}, run, 0.1, {"offset+0": 0.7}) == []
+    assert _candidates({"offset+0": 0.09}, run, 0.1, {"offset+0": 0.2}) == []
 
 
 def _slot_run(anchor_pos: list[int], corrupt_ld: float = 0.0):
