@@ -172,17 +172,18 @@ def _stability(model, batch, task, ev, records: list[HeadRecord], th: Thresholds
                recheck_rows: int) -> dict:
     """(layer, head) -> its labels on the ``N_FOLDS`` folds; with ``recheck_rows`` > 0, a head some fold does not
     confirm (and not borderline already) gets its labels on ``N_FOLDS`` fresh batches of that many rows."""
-    stability = fold_labels(model, first_rows(batch), task, ev, th, seed=seed)
-    unsure = {(r.layer, r.head) for r in records if not r.borderline and not all(
-        confirms(f, r.label, r.offset, r.kind) for f in stability.get((r.layer, r.head), []))}
-    if recheck_rows and unsure:
-        stability.update(batch_labels(model, task, recheck_rows, ev, th, seed=seed, heads=unsure,
-                                      device=batch.tokens.device))
-        for rec in records:
-            if (rec.layer, rec.head) in unsure:
-                rec.notes.append(f"a fold of {len(first_rows(batch)) // N_FOLDS} rows did not confirm the label: its "
-                                 f"stability comes from {N_FOLDS} independent held-out batches of {recheck_rows} rows "
-                                 "instead (recheck)")
+    rows = first_rows(batch)
+    stability = fold_labels(model, rows, task, ev, th, seed=seed)
+    if not recheck_rows:
+        return stability
+    unsure = [r for r in records if not r.borderline and not all(
+        confirms(f, r.label, r.offset, r.kind) for f in stability.get((r.layer, r.head), []))]
+    if unsure:
+        stability.update(batch_labels(model, task, recheck_rows, ev, th, seed=seed,
+                                      heads={(r.layer, r.head) for r in unsure}, device=batch.tokens.device))
+    for rec in unsure:
+        rec.notes.append(f"a fold of {len(rows) // N_FOLDS} rows did not confirm the label: its stability comes "
+                         f"from {N_FOLDS} independent held-out batches of {recheck_rows} rows instead (recheck)")
     return stability
 
 
