@@ -12,7 +12,11 @@ For every trained model of ``analyses/validation_models.py`` (folder ``<task>__<
 2. the oracle, ``analyses/oracle_heads.py`` (plain TransformerLens hooks, its own decision rule:
    docs/validation.md) on 512 held-out rows of the same seed;
 3. with ``--stability`` (default): the labeller again on 5 other batches (sample seeds 2000 + 10 k + i)
-   and at 128, 256 and 1024 rows, to see whether each non-borderline head keeps its label.
+   and at 128, 256 and 1024 rows, to see whether each non-borderline head keeps its label (counted twice:
+   against every other labelling, and against those not themselves unsure of it -- marked borderline, or
+   listing the label's role as borderline);
+4. the summary again with each head whose oracle label is at an edge judged by the oracle at 2048 rows,
+   where ``<out>/oracle_2048/<name>.json`` holds one (``edges_remeasured_at_2048_rows``).
 
 Each model's oracle result is cached in ``<out>/oracle/<name>.json`` and its comparison written to
 ``<out>/models/<name>.json`` as soon as it is done, so a run that is stopped resumes where it was
@@ -123,14 +127,28 @@ def _head_row(r, o: dict | None, again: list) -> dict:
         "again": [_label_key(x.label, x.offset, x.kind) for x in (_record(a, r.name) for _, _, a in again)],
         "again_confirms": [_confirms(_record(a, r.name), r) for _, _, a in again],
         "again_borderline": [_record(a, r.name).borderline for _, _, a in again],
+        "again_unsure": [_unsure(_record(a, r.name), main) for _, _, a in again],
     }
     if o is not None:
-        row.update(oracle_label=o["label"], oracle_kind=o.get("kind"), oracle_offsets=o.get("offsets", []),
-                   oracle_effect=o["effect"], oracle_reads=o.get("reads_anchor"),
-                   oracle_key=_label_key(o["label"], (o.get("offsets") or [None])[0] if o["label"] == "shift" else None,
-                                         o.get("kind")),
-                   oracle_roles={_oracle_role_name(x): round(x["effect"], 4) for x in o.get("roles", [])})
+        row.update(_oracle_fields(o))
     return row
+
+
+def _oracle_fields(o: dict) -> dict:
+    """The compared row's ``oracle_*`` fields from one head of the oracle's JSON."""
+    return dict(oracle_label=o["label"], oracle_kind=o.get("kind"), oracle_offsets=o.get("offsets", []),
+                oracle_effect=o["effect"], oracle_reads=o.get("reads_anchor"),
+                oracle_key=_label_key(o["label"], (o.get("offsets") or [None])[0] if o["label"] == "shift" else None,
+                                      o.get("kind")),
+                oracle_roles={_oracle_role_name(x): round(x["effect"], 4) for x in o.get("roles", [])})
+
+
+def _unsure(other, main: dict | None) -> bool:
+    """Another labelling is itself unsure of the head: marked borderline, or it lists the label's role
+    (``main``, e.g. ``shift(-2)``) with that role's own borderline flag (a threshold or away edge)."""
+    if other.borderline:
+        return True
+    return main is not None and any(x["name"] == main["name"] and x.get("borderline") for x in other.roles)
 
 
 def _confirms(other, r) -> bool:
@@ -175,6 +193,8 @@ def summarise(models: list[dict]) -> dict:
     strong = [h for h in rows if h["oracle_effect"] >= STRONG and h["oracle_label"] in ROLE_LABELS]
     out["strong_heads"] = len(strong)
     out["strong_heads_borderline"] = sum(h["borderline"] for h in strong)
+    out["strong_heads_any_oracle_label_borderline"] = [f"{h['model']}:{h['head']} {h['oracle_key']}" for h in rows
+                                                       if h["oracle_effect"] >= STRONG and h["borderline"]]
     out["role_below_threshold_not_borderline"] = [
         f"{h['model']}:{h['head']}" for h in rows if h["label"] in ROLE_LABELS and not h["borderline"]
         and max((v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
@@ -187,7 +207,10 @@ def summarise(models: list[dict]) -> dict:
     out["stability"] = {"non_borderline_heads": len(stable),
                         "same_label_on_every_batch_and_size": sum(_stable(h) for h in stable),
                         "changed": [f"{h['model']}:{h['head']} {h['key']} -> {sorted(set(h['again']))}"
-                                    for h in stable if not _stable(h)]}
+                                    for h in stable if not _stable(h)],
+                        "no_sure_labelling_contradicts": sum(_stable(h, sure_only=True) for h in stable),
+                        "contradicted_by_a_sure_labelling": [f"{h['model']}:{h['head']} {h['key']}" for h in stable
+                                                             if not _stable(h, sure_only=True)]}
     wrong = [h for h in rows if _coarse(h["key"]) != _coarse(h["oracle_key"])]
     out["disagreements"] = {"heads": len(wrong), "labeller_borderline": sum(h["borderline"] for h in wrong),
                             "oracle_at_edge": sum(bool(h.get("oracle_at_edge")) for h in wrong),
@@ -210,11 +233,41 @@ def attach_oracle_edges(models: list[dict], cache_dir: Path) -> None:
             h["oracle_at_edge"] = heads.get(h["head"], {}).get("at_edge")
 
 
-def _stable(h: dict) -> bool:
-    """Every other labelling confirms the label (rows written before 2026-12-01: the same key everywhere)."""
+def _stable(h: dict, *, sure_only: bool = False) -> bool:
+    """Every other labelling confirms the label (rows written before 2026-12-01: the same key everywhere);
+    ``sure_only``: every other labelling that is not itself unsure of it (``again_unsure``)."""
     if "again_confirms" in h:
-        return all(h["again_confirms"])
+        unsure = h.get("again_unsure") if sure_only else None
+        return all(c or (unsure is not None and unsure[i]) for i, c in enumerate(h["again_confirms"]))
     return len(set(h["again"] + [h["key"]])) == 1
+
+
+def remeasure_edges(models: list[dict], cache_dir: Path) -> tuple[list[dict], dict]:
+    """The compared rows with each head whose 512-row oracle label is at an edge (``oracle_at_edge``) judged
+    by the oracle at 2048 rows instead, where ``cache_dir/<model>.json`` holds one (the same oracle, 4x the
+    rows: where the reference itself is unsure, more rows settle it). Returns the new rows and a count:
+    edge heads, re-measured, whose oracle label changed (``oracle_key``)."""
+    out, count = [], {"edge_heads": 0, "remeasured": 0, "oracle_label_changed": []}
+    for m in models:
+        path = cache_dir / f"{m['name']}.json"
+        big = json.loads(path.read_text()).get("heads", {}) if path.is_file() else {}
+        if isinstance(big, list):  # oracle_heads.py --json writes a list of heads
+            big = {x["head"]: x for x in big}
+        heads = []
+        for h in m["heads"]:
+            if h.get("oracle_at_edge"):
+                count["edge_heads"] += 1
+                if h["head"] in big:
+                    count["remeasured"] += 1
+                    new = dict(h, **_oracle_fields(big[h["head"]]), oracle_at_edge=big[h["head"]].get("at_edge"),
+                               oracle_rows=2048)
+                    if new["oracle_key"] != h["oracle_key"]:
+                        count["oracle_label_changed"].append(f"{m['name']}:{h['head']} {h['oracle_key']} -> "
+                                                             f"{new['oracle_key']}")
+                    h = new
+            heads.append(h)
+        out.append(dict(m, heads=heads))
+    return out, count
 
 
 def _coarse(key: str) -> str:
@@ -311,6 +364,8 @@ def main(argv=None) -> int:
     attach_oracle_edges(models, args.out / "oracle")
     summary = summarise(models)
     summary["seeds"] = args.seeds
+    remeasured, count = remeasure_edges(models, args.out / "oracle_2048")
+    summary["edges_remeasured_at_2048_rows"] = dict(count, summary=summarise(remeasured))
     _atomic_json(args.out / f"summary_seeds{'-'.join(map(str, args.seeds))}.json", summary)
     write_table(summary, models, args.out / f"table_seeds{'-'.join(map(str, args.seeds))}.txt")
     with open(args.out / f"heads_seeds{'-'.join(map(str, args.seeds))}.csv", "w", newline="") as fh:
@@ -322,8 +377,13 @@ def main(argv=None) -> int:
                 w.writerow([m["name"], h["head"], h["key"], h["borderline"], h["stability"], round(h["effect"], 4),
                             h["route"], h["reads"], h.get("oracle_key"), h.get("oracle_effect"), h.get("oracle_reads"),
                             "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches",)}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches", "edges_remeasured_at_2048_rows")},
+                     indent=1, default=str))
     print("mismatches:", *summary["mismatches"], sep="\n  ")
+    again = summary["edges_remeasured_at_2048_rows"]
+    print(f"oracle edges re-measured at 2048 rows: {again['remeasured']} of {again['edge_heads']} edge heads; "
+          f"oracle labels changed: {again['oracle_label_changed']}; mismatches then:",
+          *again["summary"]["mismatches"], sep="\n  ")
     return 0
 
 

@@ -7,10 +7,12 @@ For each single-factor counterfactual the task has (``key_value``, ``anchor_posi
 ``anchor_identity``, ``anchor_identity_2``), the head's contribution is split into parts
 (:mod:`anchor_interp.labels.routes`) and each part becomes a candidate role:
 
-- ``shift`` (offset ``k != 0``): the information comes from ``k`` positions away (``offset{k}`` part), and
-  the same terms without the last row (``rows{k}``, kept as ``away``) still carry at least the effect
-  threshold (at the last row a fixed offset also picks out the rows whose slot sits there, which is a
-  broadcast; the oracle's ``@nonlast`` test, docs/validation.md);
+- ``shift`` (offset ``k != 0``): the information comes from ``k`` positions away (``offset{k}`` part);
+  the same terms without the last row (``rows{k}``) are kept as ``away``, with their own interval, for the
+  rule's away test (at the last row a fixed offset also picks out the rows whose slot sits there, which
+  is a broadcast; the oracle's ``@nonlast`` test, docs/validation.md). A candidate when its away terms
+  reach the effect threshold, or the part does and its away terms reach half of it: a shift that fails
+  only the away test, and not by much, is listed too (the rule rejects it, with a note);
 - ``copy`` (offset 0): the information comes from the head's own position (a key copy); the whole
   ``offset+0`` part counts, the last row included, and it must be spread over the anchor positions: the
   oracle's copy test (at the last row offset 0 also picks out the rows whose slot is the last token, a
@@ -82,12 +84,21 @@ class RoleEvidence:
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
     away: float | None = None  # shift: the effect of the same terms without the last row
+    away_low: float | None = None  # shift: the 95% bootstrap interval of ``away``
+    away_high: float | None = None
     spread: float | None = None  # broadcast / copy: share of the effect in its largest anchor-position group
 
     @property
     def margin(self) -> float:
         """max(MIN_MARGIN, half the 95% interval): how close to a threshold counts as borderline."""
         return max(MIN_MARGIN, (self.ci_high - self.ci_low) / 2)
+
+    @property
+    def away_margin(self) -> float:
+        """max(MIN_MARGIN, half the 95% interval of ``away``): the margin of the away test (shift)."""
+        if self.away_low is None or self.away_high is None:
+            return MIN_MARGIN
+        return max(MIN_MARGIN, (self.away_high - self.away_low) / 2)
 
     @property
     def best_route(self) -> tuple[str, float]:
@@ -114,7 +125,8 @@ class RoleEvidence:
         for k in ("effect", "ci_low", "ci_high"):
             d[k] = finite_or_none(d[k])
         d["routes"] = {k: finite_or_none(v) for k, v in self.routes.items()}
-        d["away"] = None if self.away is None else finite_or_none(self.away)
+        for k in ("away", "away_low", "away_high"):
+            d[k] = None if d[k] is None else finite_or_none(d[k])
         d["spread"] = None if self.spread is None else finite_or_none(self.spread)
         d["margin"] = finite_or_none(self.margin)
         d["name"] = self.name()
@@ -167,7 +179,7 @@ def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, caus
         ev.head_effect[kind] = _measure_kind(model, run, ev, thresholds, seed, causal, heads)
     for key, roles in ev.roles.items():
         reads = _reads(ev.slot_effect.get(key, {}), thresholds.effect)
-        ev.roles[key] = [dataclasses.replace(r, reads=reads) for r in _strongest_per_role(roles)]
+        ev.roles[key] = [dataclasses.replace(r, reads=reads) for r in _strongest_per_role(roles, thresholds.effect)]
     return ev
 
 
@@ -194,9 +206,11 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
             effects = dict(zip(main, normalised(values, run).tolist(), strict=True))
             rows = [f"rows{p.removeprefix('offset')}" for p in main if p.startswith("offset") and p != "offset+0"
                     and effects[p] >= th.effect / 2 and f"rows{p.removeprefix('offset')}" in masks]
-            if rows:  # the shift candidates' effect away from the last row
-                effects.update(zip(rows, normalised(source_values(model, run, layer, [(h, masks[p]) for p in rows]),
-                                                    run).tolist(), strict=True))
+            away_values = {}  # the shift candidates' terms away from the last row: rows{k} -> (B,)
+            if rows:
+                away_values = dict(zip(rows, source_values(model, run, layer, [(h, masks[p]) for p in rows]),
+                                       strict=True))
+                effects.update((p, float(normalised(v, run))) for p, v in away_values.items())
             shares = {p: _largest_group_share(values[main.index(p)], run) for p in main
                       if (p.startswith("last:") or p == "offset+0") and effects[p] >= th.effect / 2}
             slots = ev.slot_effect.setdefault((layer, h), {})
@@ -210,9 +224,14 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
                                         torch.tensor([0.025, 0.975])).tolist()
                 routes = {k: float(normalised(v, run)) for k, v in
                           route_values(model, run, layer, h, masks[part]).items()}
-                away = effects.get(f"rows{offset:+d}") if offset is not None else None
+                away = away_low = away_high = None
+                if role == "shift":
+                    away = effects[f"rows{offset:+d}"]
+                    away_low, away_high = torch.quantile(normalised(away_values[f"rows{offset:+d}"], run, boot),
+                                                         torch.tensor([0.025, 0.975])).tolist()
                 ev.roles[(layer, h)].append(RoleEvidence(role, offset, slot, run.kind, part, effects[part], lo, hi,
-                                                         routes, away=away, spread=shares.get(part)))
+                                                         routes, away=away, away_low=away_low, away_high=away_high,
+                                                         spread=shares.get(part)))
     return head_effect
 
 
@@ -244,11 +263,12 @@ def _candidates(effects: dict[str, float], run: PairedRun, least: float,
     out = []
     offsets = {p: int(p.removeprefix("offset")) for p in effects if p.startswith("offset")}
     for part, k in offsets.items():
-        # a shift must matter away from the last row: there a fixed offset also picks out the rows whose
-        # slot happens to sit at it, which is a broadcast seen through one offset
         if k == 0 and effects[part] >= least and spread(part):
             out.append(("copy", 0, None, part))
-        elif k != 0 and effects.get(f"rows{k:+d}", 0.0) >= least:
+        elif k != 0 and f"rows{k:+d}" in effects and (effects[f"rows{k:+d}"] >= least or (
+                effects[part] >= least and effects[f"rows{k:+d}"] >= least / 2)):
+            # listed when it fails only the away test, and not by much, so a near miss shows with its numbers
+            # (at the last row alone a fixed offset picks out the rows whose slot sits there: a broadcast)
             out.append(("shift", k, None, part))
     T = run.clean.tokens.shape[1]
     for slot, (pos_c, _) in run.slots.items():
@@ -274,14 +294,16 @@ def _reads(effects: dict[str, float], least: float) -> str | None:
 CANONICAL_KIND = {"shift": "anchor_position", "broadcast": "key_value", "copy": "key_value"}
 
 
-def _strongest_per_role(roles: list[RoleEvidence]) -> list[RoleEvidence]:
+def _strongest_per_role(roles: list[RoleEvidence], least: float) -> list[RoleEvidence]:
     """One candidate per (role, offset, slot): the counterfactual under which it is largest (the role's
-    canonical one when the others exceed it by less than a margin); largest first."""
+    canonical one when the others exceed it by less than a margin), among those whose ``away`` reaches
+    ``least`` when any does (a shift); largest first."""
     by_key: dict[tuple, list[RoleEvidence]] = {}
     for r in roles:
         by_key.setdefault((r.role, r.offset, r.slot), []).append(r)
     best = []
     for (role, _, _), rs in by_key.items():
+        rs = [r for r in rs if r.away is None or r.away >= least] or rs
         top = max(rs, key=lambda r: r.effect)
         canon = next((r for r in rs if r.counterfactual == CANONICAL_KIND[role]), None)
         best.append(canon if canon is not None and top.effect - canon.effect < max(top.margin, canon.margin) else top)

@@ -6,7 +6,8 @@
 (:mod:`anchor_interp.labels.roles`), each measured under the single-factor counterfactual where it is
 largest:
 
-1. A role **passes** when its effect is at least ``Thresholds.effect`` and a later component uses it: its
+1. A role **passes** when its effect (a shift: also its effect away from the last row, ``away``) is at
+   least ``Thresholds.effect`` and a later component uses it: its
    best route (path patching into a later layer's queries, keys or values, or into the logits) is at
    least ``Thresholds.route``. A role that moves information nothing uses gets a note, not a label.
 2. The **label** is the passing *operation* (``shift`` or ``broadcast``) with the largest effect; ``copy``
@@ -16,12 +17,13 @@ largest:
    which of the paper's operations a head performs, ``roles`` says everything it does (docs/concepts.md).
    ``offset`` is the offset of the largest passing shift (every passing offset is in ``roles``);
    ``causal_effect`` is the label role's effect.
-3. **Borderline** when the label hangs on a threshold edge: the label role (for a role-less or copy head,
-   also every operation role that would take the label if it passed) lies within its margin (max(0.02,
-   half its 95% interval)) of ``Thresholds.effect``, its best route within 0.02 of ``Thresholds.route``,
-   or its effect away from the last row (shift) within 0.02 of ``Thresholds.effect``; or the two
-   largest passing operations are a shift and a broadcast within a margin of each other. Each role in
-   ``roles`` carries its own ``borderline`` flag.
+3. **Borderline** when the label hangs on a threshold edge: the label role passes one of its tests by
+   less than that test's margin (effect: max(0.02, half its 95% interval); best route: 0.02; a shift's
+   effect away from the last row: max(0.02, half that one's interval)); or, for a role-less or copy head,
+   an operation role that would take the label if it passed (a role-less head: also its strongest role)
+   fails each test it fails by less than the margin; or the two largest passing operations are a shift
+   and a broadcast within a margin of each other. Each role in ``roles`` carries its own ``borderline``
+   flag by the same tests (a passing role: passes one by less; a failing one: fails each by less).
 4. **No role**: ``neither`` with kind ``inert`` (its pattern looks like a shift or broadcast), else
    ``sink`` / ``self`` (score >= ``Thresholds.kind``), ``uniform`` (>= ``Thresholds.uniform``), ``other``.
 5. **Confidence** in [0, 1]: the probability, under a normal approximation of the bootstrap interval,
@@ -92,6 +94,10 @@ def decide(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
 def _passes(r: RoleEvidence, th: Thresholds, notes: list[str]) -> bool:
     if not r.effect >= th.effect:
         return False
+    if r.away is not None and not r.away >= th.effect:
+        notes.append(f"{r.name()} moves information (effect {r.effect:.2f}, {r.counterfactual}) but only "
+                     f"{r.away:.2f} of it away from the last row (< {th.effect}): it fails the away test")
+        return False
     recv, used = r.best_route
     if used >= th.route:
         return True
@@ -103,20 +109,39 @@ def _passes(r: RoleEvidence, th: Thresholds, notes: list[str]) -> bool:
 def _role_dict(r: RoleEvidence, th: Thresholds, passed: bool) -> dict:
     d = r.to_dict()
     d.update(passes=passed, threshold=th.effect, route_threshold=th.route,
-             borderline=abs(r.effect - th.effect) < r.margin)
+             borderline=_at_edge(r, th) if passed else _near_pass(r, th))
     return d
+
+
+def _tests(r: RoleEvidence, th: Thresholds) -> list[tuple[float, float, float]]:
+    """(score, threshold, margin) of every test a role must pass: effect, best route, away (a shift)."""
+    tests = [(r.effect, th.effect, r.margin), (r.best_route[1], th.route, MIN_MARGIN)]
+    if r.away is not None:
+        tests.append((r.away, th.effect, r.away_margin))
+    return tests
+
+
+def _at_edge(r: RoleEvidence, th: Thresholds) -> bool:
+    """A passing role that could fail: some test passes by less than its margin."""
+    return any(abs(v - t) < m for v, t, m in _tests(r, th))
+
+
+def _near_pass(r: RoleEvidence, th: Thresholds) -> bool:
+    """A failing role that could pass: every test it fails, it fails by less than its margin."""
+    failed = [(v, t, m) for v, t, m in _tests(r, th) if not v >= t]
+    return bool(failed) and all(t - v < m for v, t, m in failed)
 
 
 def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], main: RoleEvidence | None,
                 th: Thresholds) -> bool:
     """The label hangs on a threshold edge (module docstring, rule 3)."""
-    deciding = [main] if main is not None else sorted(roles, key=lambda r: -r.effect)[:1]
-    if main is None or main.role not in OPERATIONS:  # an operation crossing a threshold would take the label
-        deciding += [r for r in roles if r.role in OPERATIONS and r not in passing]
-    for r in deciding:
-        if abs(r.effect - th.effect) < r.margin or abs(r.best_route[1] - th.route) < MIN_MARGIN or (
-                r.away is not None and abs(r.away - th.effect) < MIN_MARGIN):
-            return True
+    if main is not None and _at_edge(main, th):
+        return True
+    could_take = [r for r in roles if r.role in OPERATIONS and r not in passing]  # an operation that would
+    if main is None:  # take the label if it passed; a role-less head: also its strongest role
+        could_take += sorted(roles, key=lambda r: -r.effect)[:1]
+    if (main is None or main.role not in OPERATIONS) and any(_near_pass(r, th) for r in could_take):
+        return True
     ops = [r for r in passing if r.role in OPERATIONS]
     if len(ops) >= 2:
         a, b = ops[0], ops[1]  # largest first
@@ -125,11 +150,21 @@ def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], main: Ro
 
 
 def _p_pass(r: RoleEvidence, th: Thresholds) -> float:
-    """P(effect >= threshold) under a normal with the bootstrap interval's spread (and the route passing)."""
+    """P(effect >= threshold) under a normal with the bootstrap interval's spread (and the route passing),
+    times the same for ``away`` (a shift)."""
     if r.best_route[1] < th.route:
         return 0.0
-    sd = max((r.ci_high - r.ci_low) / 3.92, 1e-6)
-    return 0.5 * (1.0 + math.erf((r.effect - th.effect) / (sd * math.sqrt(2.0))))
+    p = _p_above(r.effect, r.ci_low, r.ci_high, th.effect)
+    if r.away is not None:
+        lo, hi = (r.away_low, r.away_high) if r.away_low is not None else (r.away, r.away)
+        p *= _p_above(r.away, lo, hi, th.effect)
+    return p
+
+
+def _p_above(value: float, low: float, high: float, threshold: float) -> float:
+    """P(value >= threshold) under a normal whose 95% interval is [low, high]."""
+    sd = max((high - low) / 3.92, 1e-6)
+    return 0.5 * (1.0 + math.erf((value - threshold) / (sd * math.sqrt(2.0))))
 
 
 def _kind_record(ev: HeadEvidence, th: Thresholds, notes: list[str]) -> HeadRecord:
@@ -144,7 +179,8 @@ def _kind_record(ev: HeadEvidence, th: Thresholds, notes: list[str]) -> HeadReco
         role = max(looks, key=lambda r: pat[r])
         what = f"shift({ev.offset:+d})" if role == "shift" else "broadcast"
         notes.append(f"pattern looks like {what} (score {pat[role]:.2f}) but no role passes the causal tests "
-                     f"(largest effect {effect:.3f} < {th.effect})")
+                     f"(largest effect {effect:.3f}, threshold {th.effect}; a shift also needs it away from the "
+                     "last row)")
         return HeadRecord(ev.layer, ev.head, name, "neither", None, "inert", scores, effect, cf, 0.0, None, notes)
     kinds = {"sink": scores["sink"], "self": scores["self"]}
     top = max(kinds, key=kinds.get)

@@ -181,13 +181,15 @@ def _roles_table(d: dict[str, Any], i: int, h: dict[str, Any]) -> str:
             routes.append(f"<span class=\"nw\">{'<strong>' if strong else ''}{_e(_route_name(target))} "
                           f"{_num(v, f'{p}.routes.{target}', 2)}{'</strong>' if strong else ''}</span>")
         passed = r.get("passes")
+        away = "" if r.get("away") is None else (  # a shift passes only with the threshold away from the last row
+            f'<br><span class="note">away from the last row {_num(r.get("away"), f"{p}.away", 2)}</span>')
         rt_text = f"<br><span class=note>threshold {_num(rt, p + '.route_threshold', 2)}</span>"
         rows.append(
             f'<tr data-role="{_e(r.get("name") or r.get("role"))}"><td>{_e(r.get("name") or r.get("role"))}'
             f"{' ~' if r.get('borderline') else ''}</td><td>{_e(r.get('counterfactual') or '–')}</td>"
             f'<td class="nw">{_num(r.get("effect"), f"{p}.effect", 2)} [{_num(r.get("ci_low"), f"{p}.ci_low", 2)}, '
             f'{_num(r.get("ci_high"), f"{p}.ci_high", 2)}]<br><span class="note">threshold '
-            f'{_num(r.get("threshold"), f"{p}.threshold", 2)}, margin {_num(r.get("margin"), f"{p}.margin", 2)}</span></td>'
+            f'{_num(r.get("threshold"), f"{p}.threshold", 2)}, margin {_num(r.get("margin"), f"{p}.margin", 2)}</span>{away}</td>'
             f"<td class=\"{'pass' if passed else 'fail'}\">{'pass' if passed else 'fail'}</td>"
             f"<td class=\"routes\">{', '.join(routes) or '–'}{rt_text if rt is not None and routes else ''}</td></tr>")
     return ('<div class="table-wrap"><table class="roles"><thead><tr><th>test</th><th>counterfactual</th>'

@@ -85,3 +85,42 @@ def test_disagreements_say_whether_the_oracle_itself_was_at_an_edge(vl, tmp_path
     assert "oracle at an edge: shift(-1) fails away" in s["mismatches"][0]
     vl.attach_oracle_edges(models, tmp_path / "missing")  # no cache: None, not an edge
     assert heads[0]["oracle_at_edge"] is None
+
+
+def test_stability_against_sure_labellings_skips_those_unsure_of_the_head(vl):
+    """A labelling that is itself unsure of the head (borderline, or its label role at an edge) does not
+    count against it in the second stability figure; one that is sure does."""
+    from types import SimpleNamespace
+
+    h = dict(_head("L0H0", "shift(-2)", "shift(-2)", 0.3, again=["shift(-1)"] * 3),
+             again_confirms=[True, False, True], again_unsure=[False, True, False])
+    assert vl._stable(h) is False and vl._stable(h, sure_only=True) is True
+    assert vl._stable(dict(h, again_unsure=[False, False, True]), sure_only=True) is False
+    main = {"name": "shift(-2)"}
+    edge = SimpleNamespace(borderline=False, roles=[{"name": "shift(-2)", "borderline": True}])
+    sure = SimpleNamespace(borderline=False, roles=[{"name": "shift(-2)", "borderline": False},
+                                                   {"name": "shift(-1)", "borderline": True}])
+    assert vl._unsure(edge, main) is True and vl._unsure(sure, main) is False
+    assert vl._unsure(SimpleNamespace(borderline=True, roles=[]), None) is True
+
+
+def test_edge_heads_are_judged_again_by_the_oracle_at_2048_rows(vl, tmp_path):
+    """Only heads whose 512-row oracle label is at an edge take the 2048-row oracle's label, and only where
+    that oracle was run; the count says which oracle labels changed."""
+    import json
+
+    heads = [dict(_head("L0H0", "shift(-1)", "neither/copy", 0.2, borderline=True), oracle_at_edge=["away"]),
+             dict(_head("L0H1", "neither/copy", "neither/copy", 0.3), oracle_at_edge=[])]
+    (tmp_path / "m.json").write_text(json.dumps({"heads": [  # as oracle_heads.py --json writes it
+        {"head": "L0H0", "label": "shift", "offsets": [-1, -2], "effect": 0.13, "kind": None, "at_edge": [],
+         "roles": [{"role": "shift", "offset": -1, "effect": 0.13}]},
+        {"head": "L0H1", "label": "broadcast", "effect": 0.5, "kind": None, "at_edge": [], "roles": []}]}))
+    models = [{"name": "m", "heads": heads, "competence": {"solved": True}},
+              {"name": "n", "heads": [dict(heads[0])], "competence": {"solved": True}}]
+    out, count = vl.remeasure_edges(models, tmp_path)
+    assert count == {"edge_heads": 2, "remeasured": 1, "oracle_label_changed": ["m:L0H0 neither/copy -> shift(-1)"]}
+    assert out[0]["heads"][0]["oracle_key"] == "shift(-1)" and out[0]["heads"][0]["oracle_rows"] == 2048
+    assert out[0]["heads"][1]["oracle_key"] == "neither/copy"  # not at an edge: kept
+    assert out[1]["heads"][0]["oracle_key"] == "neither/copy"  # no 2048-row oracle for this model
+    assert heads[0]["oracle_key"] == "neither/copy"  # the input rows are not changed
+    assert vl.summarise(out)["labels"]["shift"]["all"]["precision"] == 0.5

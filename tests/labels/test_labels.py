@@ -279,10 +279,10 @@ def test_rule_borderline_when_a_shift_barely_matters_away_from_the_last_row():
     assert decide(_ev(dataclasses.replace(role, away=0.11)), DEFAULT_THRESHOLDS).borderline
 
 
-def test_candidates_need_the_effect_threshold_away_from_the_last_row():
-    """A shift offset whose terms off the last row carry at least the threshold is a candidate, even when most
-    of its effect sits at the last row (the oracle's @nonlast test); one that matters only at the last row is
-    not (a broadcast seen through one offset)."""
+def test_shift_candidates_are_listed_when_their_away_terms_reach_the_threshold_or_nearly():
+    """A shift offset is a candidate when its terms off the last row reach the threshold, or its part does
+    and they reach half of it (a near miss, which the rule then rejects by the away test); an offset that
+    matters only at the last row (a broadcast seen through one offset) or not at all is not."""
     from types import SimpleNamespace
 
     from anchor_interp.labels.roles import _candidates
@@ -290,8 +290,46 @@ def test_candidates_need_the_effect_threshold_away_from_the_last_row():
 
     run = PairedRun("anchor_position", SimpleNamespace(tokens=torch.zeros(1, 8)), None, 0, torch.zeros(1),
                     torch.zeros(1), {}, {}, {}, {}, {}, {})
-    got = _candidates({"offset-3": 0.41, "rows-3": 0.19, "offset-5": 0.12, "rows-5": 0.01}, run, 0.1, {})
-    assert got == [("shift", -3, None, "offset-3")]
+    got = _candidates({"offset-3": 0.41, "rows-3": 0.19, "offset-5": 0.12, "rows-5": 0.01, "offset-2": 0.08,
+                       "rows-2": 0.07, "offset-4": 0.3, "offset-1": 0.12, "rows-1": 0.08}, run, 0.1, {})
+    assert got == [("shift", -3, None, "offset-3"), ("shift", -1, None, "offset-1")]
+
+
+def test_rule_a_shift_passes_only_with_the_effect_threshold_away_from_the_last_row():
+    """The oracle's @nonlast test: a shift whose effect sits at the last row (a slot read seen through one
+    offset) is listed, fails with a note, and is not the label; within its away margin it is borderline."""
+    import dataclasses
+
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    copy = _role("copy", 0.30, offset=0, cf="key_value", recv="L1.v")
+    shift = _role("shift", 0.40, offset=-3)
+    rec = decide(_ev(copy, dataclasses.replace(shift, away=0.01, away_low=0.0, away_high=0.02)), DEFAULT_THRESHOLDS)
+    assert (rec.label, rec.kind, rec.borderline) == ("neither", "copy", False)
+    assert [r["passes"] for r in rec.roles] == [True, False] and any("only 0.01 of it away from the last row" in n
+                                                                     for n in rec.notes)
+    near = dataclasses.replace(shift, away=0.09, away_low=0.06, away_high=0.12)  # away margin 0.03
+    rec = decide(_ev(copy, near), DEFAULT_THRESHOLDS)
+    assert (rec.label, rec.borderline, rec.roles[1]["borderline"]) == ("neither", True, True)
+    rec = decide(_ev(dataclasses.replace(shift, away=0.125, away_low=0.095, away_high=0.155)), DEFAULT_THRESHOLDS)
+    assert (rec.label, rec.offset, rec.borderline) == ("shift", -3, True)  # passes, but within its away margin
+
+
+def test_rule_a_failing_operation_makes_a_copy_borderline_only_if_it_fails_every_test_narrowly():
+    """A failing shift could take the label from a copy only if every test it fails flips: an effect near
+    the threshold does not make the copy borderline when the shift's away part is far below it."""
+    import dataclasses
+
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    copy = _role("copy", 0.30, offset=0, cf="key_value", recv="L1.v")
+    shift = _role("shift", 0.11, offset=-1)  # effect 0.11: passes, within its margin of 0.1
+    far = dataclasses.replace(shift, away=0.04, away_low=0.03, away_high=0.05)
+    near = dataclasses.replace(shift, away=0.09, away_low=0.08, away_high=0.10)
+    assert not decide(_ev(copy, far), DEFAULT_THRESHOLDS).borderline
+    assert decide(_ev(copy, near), DEFAULT_THRESHOLDS).borderline
+    unused = dataclasses.replace(near, effect=0.09, routes={"L1.k": 0.0})  # near on effect and away; unused
+    assert not decide(_ev(copy, unused), DEFAULT_THRESHOLDS).borderline
 
 
 def test_a_copy_candidate_is_the_oracles_copy_test():
@@ -333,11 +371,15 @@ def test_a_broadcast_candidate_is_spread_over_anchor_positions_even_when_an_offs
     assert _largest_group_share(spread, run) == pytest.approx(0.25)
     one_group = torch.tensor([1.0, 0.0, 0.0, 0.0] * 4)  # only rows whose anchor sits at position 1
     assert _largest_group_share(one_group, run) == pytest.approx(1.0)
-    effects = {"last:anchor": 0.37, "offset-2": 0.39, "rows-2": 0.02}
-    assert _candidates(effects, run, 0.1, {"last:anchor": 0.25}) == [("broadcast", None, "anchor", "last:anchor")]
-    assert _candidates(effects, run, 0.1, {"last:anchor": 1.0}) == []
+    effects = {"last:anchor": 0.37, "offset-2": 0.39, "rows-2": 0.02}  # the offset is listed; it fails away
+
+    def broadcasts(shares):
+        return [c for c in _candidates(effects, run, 0.1, shares) if c[0] == "broadcast"]
+
+    assert broadcasts({"last:anchor": 0.25}) == [("broadcast", None, "anchor", "last:anchor")]
+    assert broadcasts({"last:anchor": 1.0}) == []
     assert _largest_group_share(spread, _slot_run([1, 2] * 8)) is None  # two positions: not tested
-    assert _candidates(effects, run, 0.1, {"last:anchor": None}) == [("broadcast", None, "anchor", "last:anchor")]
+    assert broadcasts({"last:anchor": None}) == [("broadcast", None, "anchor", "last:anchor")]
 
 
 def test_folds_confirm_a_label_by_its_role_not_by_their_largest_offset():
