@@ -220,19 +220,23 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
             for role, offset, slot, part in _candidates(effects, run, th.effect, shares):
                 if not effects[part] >= th.effect / 2:
                     continue
-                lo, hi = torch.quantile(normalised(values[main.index(part)], run, boot),
-                                        torch.tensor([0.025, 0.975])).tolist()
+                lo, hi = _interval(values[main.index(part)], run, boot)
                 routes = {k: float(normalised(v, run)) for k, v in
                           route_values(model, run, layer, h, masks[part]).items()}
                 away = away_low = away_high = None
                 if role == "shift":
                     away = effects[f"rows{offset:+d}"]
-                    away_low, away_high = torch.quantile(normalised(away_values[f"rows{offset:+d}"], run, boot),
-                                                         torch.tensor([0.025, 0.975])).tolist()
+                    away_low, away_high = _interval(away_values[f"rows{offset:+d}"], run, boot)
                 ev.roles[(layer, h)].append(RoleEvidence(role, offset, slot, run.kind, part, effects[part], lo, hi,
                                                          routes, away=away, away_low=away_low, away_high=away_high,
                                                          spread=shares.get(part)))
     return head_effect
+
+
+def _interval(values: Float[Tensor, " batch"], run: PairedRun, boot: Tensor) -> tuple[float, float]:
+    """The 95% bootstrap interval of a part's normalised effect (``boot``: (R, B) resampled rows)."""
+    lo, hi = torch.quantile(normalised(values, run, boot), torch.tensor([0.025, 0.975])).tolist()
+    return lo, hi
 
 
 def _largest_group_share(values: Float[Tensor, " batch"], run: PairedRun) -> float | None:

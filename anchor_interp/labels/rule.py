@@ -137,11 +137,13 @@ def _borderline(roles: list[RoleEvidence], passing: list[RoleEvidence], main: Ro
     """The label hangs on a threshold edge (module docstring, rule 3)."""
     if main is not None and _at_edge(main, th):
         return True
-    could_take = [r for r in roles if r.role in OPERATIONS and r not in passing]  # an operation that would
-    if main is None:  # take the label if it passed; a role-less head: also its strongest role
-        could_take += sorted(roles, key=lambda r: -r.effect)[:1]
-    if (main is None or main.role not in OPERATIONS) and any(_near_pass(r, th) for r in could_take):
-        return True
+    if main is None or main.role not in OPERATIONS:
+        # an operation that would take the label if it passed; a role-less head: also its strongest role
+        could_take = [r for r in roles if r.role in OPERATIONS and r not in passing]
+        if main is None:
+            could_take += sorted(roles, key=lambda r: -r.effect)[:1]
+        if any(_near_pass(r, th) for r in could_take):
+            return True
     ops = [r for r in passing if r.role in OPERATIONS]
     if len(ops) >= 2:
         a, b = ops[0], ops[1]  # largest first
