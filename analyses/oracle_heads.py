@@ -536,6 +536,12 @@ def at_edge(roles: list[dict], near: list[dict]) -> list[str]:
     return why
 
 
+def reads_at_edge(reads: dict[str, float]) -> bool:
+    """Whether which anchors the head reads sits at an edge: an anchor's effect within ``NEAR`` of
+    ``EFFECT_MIN`` (``reads``: anchor -> its ``@all`` effect, largest over the kinds)."""
+    return any(abs(v - EFFECT_MIN) < NEAR for v in reads.values())
+
+
 def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dict]:
     """Apply the decision rule to every head. per_kind[kind][(L, H)] = analyse_pair output."""
     cfg = model.cfg
@@ -581,6 +587,7 @@ def decide(model, per_kind: dict, runs: dict, slot_names: list[str]) -> list[dic
                 entry["reads"] = reads
                 above = [s for s, v in sorted(reads.items(), key=lambda t: -t[1]) if v >= EFFECT_MIN]
                 entry["reads_anchor"] = "+".join(above) if above else "-"
+                entry["reads_at_edge"] = reads_at_edge(reads)
             heads.append(entry)
     return heads
 

@@ -77,6 +77,8 @@ def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:
         out = json.loads(path.read_text())
         for h in out.get("heads", {}).values():
             h.update(oracle.label_of(h["roles"]))
+            if "reads" in h:  # caches written before the field
+                h["reads_at_edge"] = oracle.reads_at_edge(h["reads"])
         return out
     model, task = load_checkpoint(folder)
     model.eval()
@@ -122,6 +124,7 @@ def _head_row(r, o: dict | None, again: list) -> dict:
     row = {
         "head": r.name, "label": r.label, "offset": r.offset, "kind": r.kind, "key": _label_key(r.label, r.offset, r.kind),
         "effect": r.causal_effect, "borderline": r.borderline, "stability": r.stability, "reads": r.reads,
+        "reads_borderline": r.reads_borderline,
         "roles": {x["name"]: round(x["effect"], 4) for x in r.roles if x.get("passes")},
         "route": main["route"] if main else "",
         "again": [_label_key(x.label, x.offset, x.kind) for x in (_record(a, r.name) for _, _, a in again)],
@@ -138,6 +141,7 @@ def _oracle_fields(o: dict) -> dict:
     """The compared row's ``oracle_*`` fields from one head of the oracle's JSON."""
     return dict(oracle_label=o["label"], oracle_kind=o.get("kind"), oracle_offsets=o.get("offsets", []),
                 oracle_effect=o["effect"], oracle_reads=o.get("reads_anchor"),
+                oracle_reads_at_edge=o.get("reads_at_edge"),
                 oracle_key=_label_key(o["label"], (o.get("offsets") or [None])[0] if o["label"] == "shift" else None,
                                       o.get("kind")),
                 oracle_roles={_oracle_role_name(x): round(x["effect"], 4) for x in o.get("roles", [])})
@@ -200,9 +204,18 @@ def summarise(models: list[dict]) -> dict:
         and max((v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
     out["borderline_fraction"] = sum(h["borderline"] for h in rows) / max(len(rows), 1)
     multi = [h for h in rows if h.get("oracle_reads") is not None]
-    out["reads"] = {"heads": len(multi), "agree": sum(_reads_agree(h) for h in multi),
-                    "disagree": [f"{h['model']}:{h['head']} {h['reads']} vs {h['oracle_reads']}"
-                                 for h in multi if not _reads_agree(h)]}
+    differ = [h for h in multi if not _reads_agree(h)]
+    out["reads"] = {"heads": len(multi), "agree": len(multi) - len(differ),
+                    "disagree": [f"{h['model']}:{h['head']} {h['reads']}{'~' if h.get('reads_borderline') else ''} "
+                                 f"vs {h['oracle_reads']}{' (oracle at an edge)' if h.get('oracle_reads_at_edge') else ''}"
+                                 for h in differ],
+                    "disagree_neither_borderline_nor_edge": sum(not h.get("reads_borderline")
+                                                                and not h.get("oracle_reads_at_edge") for h in differ),
+                    "borderline": sum(bool(h.get("reads_borderline")) for h in multi),
+                    "borderline_where_oracle_clear": sum(bool(h.get("reads_borderline")) for h in multi
+                                                         if not h.get("oracle_reads_at_edge"))}
+    if not any("reads_borderline" in h for h in multi):  # rows compared before the labeller had the flag
+        out["reads"].update(borderline=None, borderline_where_oracle_clear=None)
     stable = [h for h in rows if not h["borderline"] and h["again"]]
     out["stability"] = {"non_borderline_heads": len(stable),
                         "same_label_on_every_batch_and_size": sum(_stable(h) for h in stable),
@@ -211,6 +224,9 @@ def summarise(models: list[dict]) -> dict:
                         "no_sure_labelling_contradicts": sum(_stable(h, sure_only=True) for h in stable),
                         "contradicted_by_a_sure_labelling": [f"{h['model']}:{h['head']} {h['key']}" for h in stable
                                                              if not _stable(h, sure_only=True)]}
+    never_unsure = [h for h in stable if not any(h.get("again_unsure") or [])]
+    out["stability"].update(heads_no_labelling_is_unsure_of=len(never_unsure),
+                            same_label_where_no_labelling_is_unsure=sum(_stable(h) for h in never_unsure))
     wrong = [h for h in rows if _coarse(h["key"]) != _coarse(h["oracle_key"])]
     out["disagreements"] = {"heads": len(wrong), "labeller_borderline": sum(h["borderline"] for h in wrong),
                             "oracle_at_edge": sum(bool(h.get("oracle_at_edge")) for h in wrong),
@@ -220,17 +236,61 @@ def summarise(models: list[dict]) -> dict:
                          f"oracle {h['oracle_key']} ({h['oracle_effect']:.2f})"
                          + (f" [oracle at an edge: {'; '.join(h['oracle_at_edge'])}]" if h.get("oracle_at_edge") else "")
                          for h in wrong]
+    out["done_when"] = done_when(rows, out)
     return out
+
+
+def done_when(rows: list[dict], out: dict) -> dict:
+    """Issue 12's done-when checks, each as ``[met, figure]``, read two ways (docs/validation.md, "The
+    done-when, read two ways"): ``literal`` over every head, and ``oracle_decisive`` with the heads whose
+    oracle label is at an edge (``oracle_at_edge``; for the reads check ``oracle_reads_at_edge``) set apart
+    and the stability check over the labellings that are sure of the head."""
+    def pr_met(sub):
+        return all(_pr(sub, lab)["precision"] in (1.0, None) and _pr(sub, lab)["recall"] in (1.0, None)
+                   for lab in ROLE_LABELS)
+
+    def frac(a, b):
+        return [a == b, f"{a}/{b}"]
+
+    decisive = [h for h in rows if not h.get("oracle_at_edge")]
+    result = {}
+    for name, sub in (("literal", rows), ("oracle_decisive", decisive)):
+        strong = [h for h in sub if h["oracle_effect"] >= STRONG]
+        copies = [h for h in sub if h.get("oracle_kind") == "copy"]
+        multi = [h for h in sub if h.get("oracle_reads") is not None
+                 and (name == "literal" or not h.get("oracle_reads_at_edge"))]
+        below = [f"{h['model']}:{h['head']}" for h in sub if h["label"] in ROLE_LABELS and not h["borderline"] and max(
+            (v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
+        result[name] = {
+            "heads": len(sub),
+            "strong_shift_broadcast_precision_recall_1": [pr_met(strong), f"{len(strong)} strong heads"],
+            "strong_heads_not_borderline": frac(sum(not h["borderline"] for h in strong), len(strong)),
+            "below_threshold_role_only_if_borderline": [not below, below],
+            "borderline_at_most_10_percent": [out["borderline_fraction"] <= 0.1, round(out["borderline_fraction"], 3)],
+            "oracle_copies_labelled_copy": frac(sum(h["kind"] == "copy" for h in copies), len(copies)),
+            "reads_agree": frac(sum(_reads_agree(h) for h in multi), len(multi)),
+        }
+    st = out["stability"]
+    result["literal"]["stable_unless_borderline"] = frac(st["same_label_on_every_batch_and_size"],
+                                                         st["non_borderline_heads"])
+    result["oracle_decisive"]["stable_unless_borderline"] = frac(st["no_sure_labelling_contradicts"],
+                                                                 st["non_borderline_heads"])
+    return result
 
 
 def attach_oracle_edges(models: list[dict], cache_dir: Path) -> None:
     """Copy each head's ``at_edge`` (why the oracle's own label sits within ``NEAR`` of a threshold) from the
-    oracle's cache into the compared rows as ``oracle_at_edge`` (None: a cache from before 2026-12-01)."""
+    oracle's cache into the compared rows as ``oracle_at_edge`` (None: a cache from before 2026-12-01), and
+    whether its anchor reads sit at an edge as ``oracle_reads_at_edge`` (multi-anchor tasks)."""
+    reads_at_edge = _oracle_module().reads_at_edge
     for m in models:
         path = cache_dir / f"{m['name']}.json"
         heads = json.loads(path.read_text()).get("heads", {}) if path.is_file() else {}
         for h in m["heads"]:
-            h["oracle_at_edge"] = heads.get(h["head"], {}).get("at_edge")
+            o = heads.get(h["head"], {})
+            h["oracle_at_edge"] = o.get("at_edge")
+            if "reads" in o:
+                h["oracle_reads_at_edge"] = reads_at_edge(o["reads"])
 
 
 def _stable(h: dict, *, sure_only: bool = False) -> bool:
@@ -302,6 +362,13 @@ def write_table(summary: dict, models: list[dict], path: Path) -> None:
     lines += ["", f"Label disagreements: {d['heads']}; the labeller marks {d['labeller_borderline']} borderline; the "
               f"oracle's own label is at an edge on {d['oracle_at_edge']}; neither: {d['neither_borderline_nor_edge']}. "
               f"Strong heads whose oracle label is not at an edge, precision / recall: {clear}."]
+    r = summary["reads"]
+    if r["heads"]:
+        lines += ["", f"Which anchors a head reads (multi-anchor tasks): {r['agree']} of {r['heads']} agree with the "
+                  "oracle; " + ("the rows predate the labeller's reads_borderline flag" if r["borderline"] is None else
+                                f"{r['borderline']} marked borderline ({r['borderline_where_oracle_clear']} where the "
+                                "oracle is not at an edge)")
+                  + f"; disagreements neither borderline nor at an edge: {r['disagree_neither_borderline_nor_edge']}."]
     lines += ["", "| model | accuracy | labeller | oracle |", "|---|---|---|---|"]
     for m in models:
         acc = (m["competence"] or {}).get("competence_accuracy")
@@ -341,6 +408,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     (args.out / "models").mkdir(parents=True, exist_ok=True)
     folders = sorted(f for f in args.models_dir.glob("*__seed*") if (f / "checkpoint.json").is_file())
+    if args.summary_only:  # the compared models' JSON is enough: no checkpoints needed
+        folders = sorted(args.models_dir / p.stem for p in (args.out / "models").glob("*__seed*.json"))
     chosen = [f for f in folders if int(f.name.rsplit("seed", 1)[1]) in args.seeds
               and (not args.configs or f.name.rsplit("__seed", 1)[0] in args.configs)]
     oracle = None if args.summary_only else _oracle_module()
@@ -370,13 +439,13 @@ def main(argv=None) -> int:
     write_table(summary, models, args.out / f"table_seeds{'-'.join(map(str, args.seeds))}.txt")
     with open(args.out / f"heads_seeds{'-'.join(map(str, args.seeds))}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "head", "label", "borderline", "stability", "effect", "route", "reads", "oracle_label",
-                    "oracle_effect", "oracle_reads", "oracle_at_edge", "again"])
+        w.writerow(["model", "head", "label", "borderline", "stability", "effect", "route", "reads", "reads_borderline",
+                    "oracle_label", "oracle_effect", "oracle_reads", "oracle_reads_at_edge", "oracle_at_edge", "again"])
         for m in models:
             for h in m["heads"]:
                 w.writerow([m["name"], h["head"], h["key"], h["borderline"], h["stability"], round(h["effect"], 4),
-                            h["route"], h["reads"], h.get("oracle_key"), h.get("oracle_effect"), h.get("oracle_reads"),
-                            "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
+                            h["route"], h["reads"], h.get("reads_borderline"), h.get("oracle_key"),
+                            h.get("oracle_effect"), h.get("oracle_reads"), h.get("oracle_reads_at_edge"), "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
     print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches", "edges_remeasured_at_2048_rows")},
                      indent=1, default=str))
     print("mismatches:", *summary["mismatches"], sep="\n  ")

@@ -252,3 +252,32 @@ def test_ablate_all_other_heads_is_not_a_pass_when_there_are_none(default_model)
     rest = out["checks"][1]
     assert rest["name"] == "ablate all other heads" and rest["heads"] == []
     assert rest["passed"] is None and "no other head" in rest["note"]
+
+
+def test_which_anchors_each_head_reads_is_in_the_table_and_the_report(default_result):
+    """Multi-anchor tasks: the console table gets a ``reads`` column (``~``: borderline) and each evidence card
+    says which anchors the head reads with the slot effects, tied to their JSON paths; one-anchor tasks
+    (the default model) show no such column."""
+    import re
+
+    from fixtures_report import shown_equals
+
+    from anchor_interp.cli.find_heads import format_head_table
+    from anchor_interp.report.cards import json_path_value
+    from anchor_interp.report.html import render_html
+
+    d = json.loads(default_result.to_json())
+    assert "reads" not in format_head_table(d).splitlines()[1]
+    d["heads"][0].update(reads="anchor2+anchor", reads_effects={"anchor": 0.16, "anchor2": 0.31}, reads_borderline=False)
+    d["heads"][1].update(reads="anchor", reads_effects={"anchor": 0.2, "anchor2": 0.09}, reads_borderline=True)
+    lines = format_head_table(d).splitlines()
+    assert "reads" in lines[1]
+    row = {line.split()[0]: line for line in lines[2:]}
+    assert " anchor2+anchor " in row["L0H0"] and " anchor~ " in row["L0H1"]
+    page = render_html(FindHeadsResult.from_dict(d))
+    assert "reads anchor2+anchor (slot effects anchor" in page
+    assert page.count("which anchors it reads is borderline") == 1
+    found = dict(re.findall(r'data-json-path="(heads\.\d\.reads_effects\.[^"]+)">([^<]*)<', page))
+    assert set(found) == {f"heads.{i}.reads_effects.{s}" for i in (0, 1) for s in ("anchor", "anchor2")}
+    for path, shown in found.items():
+        assert shown_equals(shown, json_path_value(d, path)), (path, shown)

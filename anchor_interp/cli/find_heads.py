@@ -325,7 +325,8 @@ def _train(args):
 def format_head_table(result: dict) -> str:
     """The console table: one line per head: label, offset or kind, the label role's effect with its 95%
     interval, the counterfactual that measured it, stability over batches, its route; then groups and
-    circuit checks. A ``~`` after the label marks a borderline head."""
+    circuit checks. A ``~`` after the label marks a borderline head. Multi-anchor tasks add a ``reads``
+    column: the anchors each head reads (``~``: an anchor's effect within its margin of the threshold)."""
     heads = sorted(result.get("heads") or [], key=lambda h: (h["layer"], h["head"]))
     acc, comp = result.get("accuracy") or {}, result.get("competence") or {}
     overall = acc.get("overall")
@@ -335,10 +336,11 @@ def format_head_table(result: dict) -> str:
         line += (f"; competence floor {_num(comp.get('floor'), '.3f')}: "
                  + ("solved" if comp.get("solved") else "NOT SOLVED" + ("" if comp.get("allow_unsolved")
                                                                      else ", shift/broadcast labels withheld")))
+    multi = any(h.get("reads") is not None for h in heads)
     lines = [line, f"{'head':<6} {'label':<11} {'offset/kind':<11} {'effect [95% CI]':<18} {'counterfactual':<16} "
-                   f"{'stable':<6}  route"]
+                   f"{'stable':<6}  " + (f"{'reads':<15} " if multi else "") + "route"]
     for h in heads:
-        lines.append(_head_line(h))
+        lines.append(_head_line(h, multi))
     for g in result.get("groups") or []:
         lines.append(f"group {g.get('name')}: {', '.join(g.get('heads') or [])} ({g.get('label', '')}), "
                      f"joint effect {_num(g.get('joint_effect'), '.3f')} ({g.get('metric', '')})")
@@ -353,7 +355,7 @@ def _num(x, fmt):
     return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
-def _head_line(h: dict) -> str:
+def _head_line(h: dict, multi: bool = False) -> str:
     detail = f"{h['offset']:+d}" if h.get("offset") is not None else (h.get("kind") or "")
     label = h.get("label", "?") + ("~" if h.get("borderline") else "")
     roles = h.get("roles") or []
@@ -367,8 +369,9 @@ def _head_line(h: dict) -> str:
         effect, route = _num(h.get("causal_effect"), ".3f"), ""
     stab = h.get("stability")
     stable = "-" if stab is None else f"{stab:.0%}"
+    reads = f"{(h.get('reads') or '-') + ('~' if h.get('reads_borderline') else ''):<15} " if multi else ""
     return (f"{h['name']:<6} {label:<11} {detail:<11} {effect:<18} {str(h.get('counterfactual') or '-'):<16} "
-            f"{stable:<6}  {route}").rstrip()
+            f"{stable:<6}  {reads}{route}").rstrip()
 
 
 if __name__ == "__main__":

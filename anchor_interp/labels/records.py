@@ -86,7 +86,9 @@ class HeadRecord:
     ``roles``: every measured role (``RoleEvidence.to_dict()`` plus ``passes``, ``threshold``, ...);
     ``borderline``: a score lies within its margin of a threshold, or the label is not the same on every
     batch; ``stability``: fraction of the batches (folds) that gave the majority label; ``reads``: the
-    anchor a multi-anchor head reads."""
+    anchors a multi-anchor head reads (``"anchor2+anchor"``, ``"-"``: none), ``reads_effects`` each anchor
+    slot's effect and ``reads_borderline`` whether one lies within its margin of the threshold (None: the
+    task has one anchor)."""
 
     layer: int
     head: int
@@ -104,18 +106,23 @@ class HeadRecord:
     borderline: bool = False
     stability: float | None = None
     reads: str | None = None
+    reads_effects: dict[str, float] | None = None
+    reads_borderline: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["scores"] = {k: finite_or_none(v) for k, v in self.scores.items()}
         d["causal_effect"] = finite_or_none(self.causal_effect)
+        if self.reads_effects is not None:
+            d["reads_effects"] = {k: finite_or_none(v) for k, v in self.reads_effects.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadRecord:
         """Read back what ``to_dict`` wrote. Raises ValueError for missing fields."""
         known = {f.name for f in fields(cls)}
-        missing = known - set(d) - {"group", "notes", "roles", "borderline", "stability", "reads"}
+        missing = known - set(d) - {"group", "notes", "roles", "borderline", "stability", "reads",
+                                    "reads_effects", "reads_borderline"}
         if missing:
             raise ValueError(f"HeadRecord.from_dict: missing fields {sorted(missing)}")
         kw = {k: d[k] for k in known if k in d}

@@ -54,7 +54,7 @@ from anchor_interp.labels.routes import (
 )
 
 __all__ = ["CONCENTRATION_MAX", "MIN_GROUPS", "N_BOOTSTRAP", "ROLE_KINDS", "CausalEvidence", "RoleEvidence",
-           "measure_roles"]
+           "anchor_reads", "measure_roles"]
 
 ROLE_KINDS = ("key_value", "anchor_position", "anchor_identity", "anchor_identity_2")
 N_BOOTSTRAP = 1000
@@ -71,7 +71,9 @@ _INPUT = {"q": "queries", "k": "keys", "v": "values"}
 class RoleEvidence:
     """One candidate role of one head. ``effect`` (normalised, 1 = restores the clean answer) with its
     95% bootstrap interval ``[ci_low, ci_high]``; ``routes``: receiver (``"L1.k"``, ``"logits"``) ->
-    normalised path effect; ``reads``: the anchor slot the head reads most (multi-anchor tasks)."""
+    normalised path effect; ``reads``: the anchors the head reads (multi-anchor tasks, :func:`anchor_reads`),
+    with each anchor slot's effect (``reads_effects``) and whether one sits within its margin of the
+    threshold (``reads_borderline``): head-level facts, carried by every role of the head."""
 
     role: str
     offset: int | None
@@ -83,6 +85,8 @@ class RoleEvidence:
     ci_high: float
     routes: dict[str, float] = field(default_factory=dict)
     reads: str | None = None
+    reads_effects: dict[str, float] | None = None  # anchor slot -> its effect (largest over the counterfactuals)
+    reads_borderline: bool | None = None
     away: float | None = None  # shift: the effect of the same terms without the last row
     away_low: float | None = None  # shift: the 95% bootstrap interval of ``away``
     away_high: float | None = None
@@ -122,6 +126,7 @@ class RoleEvidence:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        del d["reads_effects"], d["reads_borderline"]  # head-level: the head record carries them once
         for k in ("effect", "ci_low", "ci_high"):
             d[k] = finite_or_none(d[k])
         d["routes"] = {k: finite_or_none(v) for k, v in self.routes.items()}
@@ -138,13 +143,15 @@ class RoleEvidence:
 class CausalEvidence:
     """Per model: ``head_effect[kind]`` (layer, head) whole-head effects, ``roles[(layer, head)]``,
     ``runs[kind]``: rows used, rows dropped, logit gap; ``notes`` for every head; ``slot_effect[(layer,
-    head)]``: ``"slot:<slot>"`` -> its largest effect over the counterfactuals."""
+    head)]``: ``"slot:<slot>"`` -> its largest effect over the counterfactuals; ``slot_margin``: half the 95%
+    bootstrap interval of that effect (multi-anchor tasks' two anchor slots only)."""
 
     head_effect: dict[str, torch.Tensor]
     roles: dict[tuple[int, int], list[RoleEvidence]]
     runs: dict[str, dict]
     notes: list[str] = field(default_factory=list)
     slot_effect: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)  # max over kinds
+    slot_margin: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
 
 
 def _kinds(task) -> list[str]:
@@ -178,8 +185,10 @@ def measure_roles(model, batch, task, *, thresholds: Thresholds, seed: int, caus
             continue
         ev.head_effect[kind] = _measure_kind(model, run, ev, thresholds, seed, causal, heads)
     for key, roles in ev.roles.items():
-        reads = _reads(ev.slot_effect.get(key, {}), thresholds.effect)
-        ev.roles[key] = [dataclasses.replace(r, reads=reads) for r in _strongest_per_role(roles, thresholds.effect)]
+        reads, effects, unsure = anchor_reads(ev.slot_effect.get(key, {}), ev.slot_margin.get(key, {}),
+                                              thresholds.effect)
+        ev.roles[key] = [dataclasses.replace(r, reads=reads, reads_effects=effects, reads_borderline=unsure)
+                         for r in _strongest_per_role(roles, thresholds.effect)]
     return ev
 
 
@@ -214,9 +223,14 @@ def _measure_kind(model, run: PairedRun, ev: CausalEvidence, th: Thresholds, see
             shares = {p: _largest_group_share(values[main.index(p)], run) for p in main
                       if (p.startswith("last:") or p == "offset+0") and effects[p] >= th.effect / 2}
             slots = ev.slot_effect.setdefault((layer, h), {})
+            slot_margins = ev.slot_margin.setdefault((layer, h), {})
+            anchors = ("slot:anchor", "slot:anchor2") if "slot:anchor2" in effects else ()
             for p in effects:
-                if p.startswith("slot:"):
-                    slots[p] = max(slots.get(p, float("-inf")), effects[p])
+                if p.startswith("slot:") and effects[p] > slots.get(p, float("-inf")):
+                    slots[p] = effects[p]
+                    if p in anchors:  # which anchors a head reads: a claim with its own margin
+                        lo, hi = _interval(values[main.index(p)], run, boot)
+                        slot_margins[p] = (hi - lo) / 2
             for role, offset, slot, part in _candidates(effects, run, th.effect, shares):
                 if not effects[part] >= th.effect / 2:
                     continue
@@ -283,15 +297,22 @@ def _candidates(effects: dict[str, float], run: PairedRun, least: float,
     return out
 
 
-def _reads(effects: dict[str, float], least: float) -> str | None:
-    """Multi-anchor tasks: the anchors whose slot (any destination, largest over the counterfactuals)
-    carries at least ``least`` of the head's effect, largest first, joined by ``+`` (``"anchor"``,
-    ``"anchor2+anchor"``; ``"-"`` for none); None when the task has one anchor."""
+def anchor_reads(effects: dict[str, float], margins: dict[str, float],
+                 least: float) -> tuple[str | None, dict[str, float] | None, bool | None]:
+    """Multi-anchor tasks: which anchors a head reads. ``effects``: ``"slot:<slot>"`` -> the slot's effect
+    (any destination, largest over the counterfactuals; normalised, 1 = restores the clean answer);
+    ``margins``: the same keys -> half that effect's 95% interval; ``least``: the effect threshold.
+
+    Returns ``(reads, anchor_effects, borderline)``: the anchors whose effect reaches ``least``, largest
+    first, joined by ``+`` (``"anchor"``, ``"anchor2+anchor"``; ``"-"`` for none); anchor -> effect; and
+    whether an anchor's effect lies within its margin (at least ``MIN_MARGIN``) of ``least``, so that
+    another batch could read it the other way. ``(None, None, None)`` when the task has one anchor."""
     anchors = {s: effects[f"slot:{s}"] for s in ("anchor", "anchor2") if f"slot:{s}" in effects}
     if len(anchors) < 2:
-        return None
+        return None, None, None
     read = [s for s in sorted(anchors, key=lambda s: -anchors[s]) if anchors[s] >= least]
-    return "+".join(read) if read else "-"
+    unsure = any(abs(v - least) < max(MIN_MARGIN, margins.get(f"slot:{s}", MIN_MARGIN)) for s, v in anchors.items())
+    return ("+".join(read) if read else "-"), {s: float(v) for s, v in anchors.items()}, unsure
 
 
 # the counterfactual that names each role's factor: preferred when another is larger by less than a margin

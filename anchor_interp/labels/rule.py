@@ -87,7 +87,10 @@ def decide(ev: HeadEvidence, th: Thresholds) -> HeadRecord:
         rec = _kind_record(ev, th, notes)
         rec.confidence = clip01(1.0 - max((_p_pass(r, th) for r in ev.roles), default=0.0))
     rec.roles, rec.borderline = roles, borderline
-    rec.reads = next((r.reads for r in ev.roles if r.reads is not None), None)
+    carrier = next((r for r in ev.roles if r.reads is not None), None)  # every role carries the head's reads
+    if carrier is not None:
+        rec.reads, rec.reads_effects, rec.reads_borderline = (carrier.reads, carrier.reads_effects,
+                                                              carrier.reads_borderline)
     return rec
 
 

@@ -245,6 +245,16 @@ def _mean_attention_block(d: dict[str, Any], h: dict[str, Any]) -> str:
             "</figcaption></figure>")
 
 
+def _reads_fact(h: dict[str, Any], i: int) -> str:
+    """Multi-anchor tasks: which anchors the head reads, each anchor slot's effect, and whether that reading
+    is borderline (an anchor's effect within its margin of the threshold)."""
+    effects = h.get("reads_effects") or {}
+    each = ", ".join(f"{_e(s)} {_num(v, f'heads.{i}.reads_effects.{s}', 2)}" for s, v in effects.items())
+    read = "no anchor" if h.get("reads") == "-" else _e(h.get("reads"))
+    return (f"reads {read}" + (f" (slot effects {each})" if each else "")
+            + ("; <strong>which anchors it reads is borderline</strong>" if h.get("reads_borderline") else ""))
+
+
 def head_cards(d: dict[str, Any]) -> str:
     """The evidence cards section (``section#cards``): one ``div.card[data-head]`` per head, in JSON order."""
     heads = d.get("heads") or []
@@ -262,6 +272,8 @@ def head_cards(d: dict[str, Any]) -> str:
                  f"confidence {_num(h.get('confidence'), f'heads.{i}.confidence', 2)}"]
         if h.get("borderline"):
             facts.append("<strong>borderline</strong>")
+        if h.get("reads") is not None:
+            facts.append(_reads_fact(h, i))
         sc = h.get("scores") or {}
         pats = ", ".join(f"{k.removesuffix('_pattern')} pattern {_num(sc[k], f'heads.{i}.scores.{k}', 2)}"
                          for k in ("shift_pattern", "broadcast_pattern") if sc.get(k) is not None)

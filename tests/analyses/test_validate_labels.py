@@ -124,3 +124,48 @@ def test_edge_heads_are_judged_again_by_the_oracle_at_2048_rows(vl, tmp_path):
     assert out[1]["heads"][0]["oracle_key"] == "neither/copy"  # no 2048-row oracle for this model
     assert heads[0]["oracle_key"] == "neither/copy"  # the input rows are not changed
     assert vl.summarise(out)["labels"]["shift"]["all"]["precision"] == 0.5
+
+
+def test_read_disagreements_say_whether_either_side_was_unsure(vl):
+    """Which anchors a head reads: each disagreement says whether the labeller marked the reading borderline
+    and whether the oracle's anchor effects sit within NEAR of its threshold; only the rest count as plain."""
+    heads = [
+        dict(_head("L0H0", "shift(-1)", "shift(-1)", 0.3, reads="anchor2", oracle_reads="-"), reads_borderline=True,
+             oracle_reads_at_edge=True),
+        dict(_head("L0H1", "shift(-1)", "shift(-1)", 0.3, reads="anchor", oracle_reads="anchor2"),
+             reads_borderline=False, oracle_reads_at_edge=False),
+        dict(_head("L0H2", "shift(-1)", "shift(-1)", 0.3, reads="anchor+anchor2", oracle_reads="anchor2+anchor"),
+             reads_borderline=True, oracle_reads_at_edge=False),
+    ]
+    r = vl.summarise([{"name": "m", "heads": heads, "competence": {"solved": True}}])["reads"]
+    assert (r["heads"], r["agree"]) == (3, 1)
+    assert r["disagree"] == ["m:L0H0 anchor2~ vs - (oracle at an edge)", "m:L0H1 anchor vs anchor2"]
+    assert r["disagree_neither_borderline_nor_edge"] == 1
+    assert (r["borderline"], r["borderline_where_oracle_clear"]) == (2, 1)
+
+
+def test_the_oracle_reads_edge_is_recomputed_for_cached_results(vl):
+    oracle = vl._oracle_module()
+    assert oracle.reads_at_edge({"anchor": 0.0975, "anchor2": 0.5}) is True
+    assert oracle.reads_at_edge({"anchor": 0.13, "anchor2": 0.05}) is False
+
+
+def test_the_done_when_is_read_literally_and_with_the_oracles_edge_heads_set_apart(vl):
+    """A strong copy that the labeller calls a borderline shift while the oracle's own label is at an edge
+    fails the literal checks and is set apart in the second reading; a plain error fails both."""
+    edge = dict(_head("L0H0", "shift(-1)", "neither/copy", 0.25, borderline=True),
+                oracle_at_edge=["shift(-1) fails away by < 0.02"])
+    sure = [_head(f"L1H{i}", "broadcast", "broadcast", 0.3, again=["broadcast"] * 7) for i in range(10)]
+    s = vl.summarise([{"name": "m", "heads": [edge, *sure], "competence": {"solved": True}}])["done_when"]
+    lit, dec = s["literal"], s["oracle_decisive"]
+    assert lit["strong_shift_broadcast_precision_recall_1"][0] is False
+    assert lit["strong_heads_not_borderline"] == [False, "10/11"]
+    assert lit["oracle_copies_labelled_copy"] == [False, "0/1"]
+    assert dec["heads"] == 10 and dec["strong_shift_broadcast_precision_recall_1"][0] is True
+    assert dec["strong_heads_not_borderline"] == [True, "10/10"] and dec["oracle_copies_labelled_copy"] == [True, "0/0"]
+    assert lit["borderline_at_most_10_percent"] == [True, round(1 / 11, 3)]
+    wrong = _head("L0H1", "shift(-1)", "neither/copy", 0.25)  # no edge anywhere: fails both readings
+    s = vl.summarise([{"name": "m", "heads": [wrong, *sure], "competence": {"solved": True}}])["done_when"]
+    assert s["literal"]["oracle_copies_labelled_copy"][0] is False
+    assert s["oracle_decisive"]["oracle_copies_labelled_copy"][0] is False
+    assert s["oracle_decisive"]["strong_shift_broadcast_precision_recall_1"][0] is False

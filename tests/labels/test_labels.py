@@ -279,6 +279,43 @@ def test_rule_borderline_when_a_shift_barely_matters_away_from_the_last_row():
     assert decide(_ev(dataclasses.replace(role, away=0.11)), DEFAULT_THRESHOLDS).borderline
 
 
+@pytest.mark.parametrize("effects,margins,expected", [
+    ({"slot:anchor": 0.16, "slot:anchor2": 0.30}, {}, ("anchor2+anchor", False)),  # both, largest first
+    ({"slot:anchor": 0.16, "slot:anchor2": 0.05}, {}, ("anchor", False)),
+    ({"slot:anchor": 0.16, "slot:anchor2": 0.09}, {}, ("anchor", True)),  # anchor2 within 0.02 of 0.1
+    ({"slot:anchor": 0.16, "slot:anchor2": 0.07}, {"slot:anchor2": 0.04}, ("anchor", True)),  # a wide interval
+    ({"slot:anchor": 0.13, "slot:anchor2": 0.02}, {"slot:anchor": 0.04}, ("anchor", True)),
+    ({"slot:anchor": 0.03, "slot:anchor2": 0.02}, {}, ("-", False)),
+])
+def test_which_anchors_a_head_reads_and_when_that_is_borderline(effects, margins, expected):
+    """Multi-anchor tasks: the anchors whose slot effect reaches the threshold; borderline when one of the
+    two lies within its margin (max(0.02, half its 95% interval)) of the threshold."""
+    from anchor_interp.labels.roles import anchor_reads
+
+    reads, each, unsure = anchor_reads(effects, margins, 0.1)
+    assert (reads, unsure) == expected
+    assert each == {"anchor": effects["slot:anchor"], "anchor2": effects["slot:anchor2"]}
+    assert anchor_reads({"slot:anchor": 0.5, "slot:key": 0.2}, {}, 0.1) == (None, None, None)  # one anchor
+
+
+def test_the_record_carries_which_anchors_the_head_reads_and_round_trips():
+    import dataclasses
+
+    from anchor_interp.labels import DEFAULT_THRESHOLDS, decide
+
+    role = dataclasses.replace(_role("shift", 0.3, offset=-1), reads="anchor", reads_effects={"anchor": 0.3,
+                               "anchor2": 0.11}, reads_borderline=True)
+    rec = decide(_ev(role), DEFAULT_THRESHOLDS)
+    assert (rec.reads, rec.reads_effects, rec.reads_borderline) == ("anchor", {"anchor": 0.3, "anchor2": 0.11}, True)
+    assert not rec.borderline  # the label itself is sure; which anchors it reads is not
+    d = json.loads(json.dumps(rec.to_dict()))
+    assert "reads_effects" not in d["roles"][0] and d["reads_effects"] == {"anchor": 0.3, "anchor2": 0.11}
+    back = HeadRecord.from_dict(d)
+    assert (back.reads, back.reads_effects, back.reads_borderline) == ("anchor", {"anchor": 0.3, "anchor2": 0.11}, True)
+    old = {k: v for k, v in d.items() if k not in ("reads_effects", "reads_borderline")}  # a result from before
+    assert HeadRecord.from_dict(old).reads_borderline is None
+
+
 def test_shift_candidates_are_listed_when_their_away_terms_reach_the_threshold_or_nearly():
     """A shift offset is a candidate when its terms off the last row reach the threshold, or its part does
     and they reach half of it (a near miss, which the rule then rejects by the away test); an offset that

@@ -69,6 +69,10 @@ def test_shift_from_two_offsets(composition, seed):
     for name in ("shift(-1)", "shift(-2)"):
         assert passing[name]["effect"] > 0.2 and _best_route(passing[name]) == "L1.k"
     assert not recs[0].borderline
+    # the head reads both anchors (planted: 0.5 each into the key row), and is sure of it
+    assert set(recs[0].reads.split("+")) == {"anchor", "anchor2"} and recs[0].reads_borderline is False
+    assert min(recs[0].reads_effects.values()) > 0.2
+    assert recs[1].reads is None  # an all-zero head has no role, so no reading is claimed
 
 
 @pytest.mark.parametrize("seed", SEEDS)
