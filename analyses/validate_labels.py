@@ -77,8 +77,6 @@ def oracle_heads(folder: Path, seed: int, oracle, cache_dir: Path) -> dict:
         out = json.loads(path.read_text())
         for h in out.get("heads", {}).values():
             h.update(oracle.label_of(h["roles"]))
-            if "reads" in h:  # caches written before the field
-                h["reads_at_edge"] = oracle.reads_at_edge(h["reads"])
         return out
     model, task = load_checkpoint(folder)
     model.eval()
@@ -199,9 +197,7 @@ def summarise(models: list[dict]) -> dict:
     out["strong_heads_borderline"] = sum(h["borderline"] for h in strong)
     out["strong_heads_any_oracle_label_borderline"] = [f"{h['model']}:{h['head']} {h['oracle_key']}" for h in rows
                                                        if h["oracle_effect"] >= STRONG and h["borderline"]]
-    out["role_below_threshold_not_borderline"] = [
-        f"{h['model']}:{h['head']}" for h in rows if h["label"] in ROLE_LABELS and not h["borderline"]
-        and max((v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
+    out["role_below_threshold_not_borderline"] = _below_threshold_not_borderline(rows)
     out["borderline_fraction"] = sum(h["borderline"] for h in rows) / max(len(rows), 1)
     multi = [h for h in rows if h.get("oracle_reads") is not None]
     differ = [h for h in multi if not _reads_agree(h)]
@@ -240,6 +236,13 @@ def summarise(models: list[dict]) -> dict:
     return out
 
 
+def _below_threshold_not_borderline(rows: list[dict]) -> list[str]:
+    """Heads labelled shift or broadcast, not borderline, whose oracle effect for that role is under the
+    threshold."""
+    return [f"{h['model']}:{h['head']}" for h in rows if h["label"] in ROLE_LABELS and not h["borderline"] and max(
+        (v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
+
+
 def done_when(rows: list[dict], out: dict) -> dict:
     """Issue 12's done-when checks, each as ``[met, figure]``, read two ways (docs/validation.md, "The
     done-when, read two ways"): ``literal`` over every head, and ``oracle_decisive`` with the heads whose
@@ -259,8 +262,7 @@ def done_when(rows: list[dict], out: dict) -> dict:
         copies = [h for h in sub if h.get("oracle_kind") == "copy"]
         multi = [h for h in sub if h.get("oracle_reads") is not None
                  and (name == "literal" or not h.get("oracle_reads_at_edge"))]
-        below = [f"{h['model']}:{h['head']}" for h in sub if h["label"] in ROLE_LABELS and not h["borderline"] and max(
-            (v for k, v in h["oracle_roles"].items() if k.startswith(h["label"])), default=0.0) < EFFECT_THRESHOLD]
+        below = _below_threshold_not_borderline(sub)
         result[name] = {
             "heads": len(sub),
             "strong_shift_broadcast_precision_recall_1": [pr_met(strong), f"{len(strong)} strong heads"],
@@ -445,7 +447,8 @@ def main(argv=None) -> int:
             for h in m["heads"]:
                 w.writerow([m["name"], h["head"], h["key"], h["borderline"], h["stability"], round(h["effect"], 4),
                             h["route"], h["reads"], h.get("reads_borderline"), h.get("oracle_key"),
-                            h.get("oracle_effect"), h.get("oracle_reads"), h.get("oracle_reads_at_edge"), "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
+                            h.get("oracle_effect"), h.get("oracle_reads"), h.get("oracle_reads_at_edge"),
+                            "; ".join(h.get("oracle_at_edge") or []), " ".join(h["again"])])
     print(json.dumps({k: v for k, v in summary.items() if k not in ("mismatches", "edges_remeasured_at_2048_rows")},
                      indent=1, default=str))
     print("mismatches:", *summary["mismatches"], sep="\n  ")
