@@ -16,7 +16,9 @@ For every trained model of ``analyses/validation_models.py`` (folder ``<task>__<
    against every other labelling, and against those not themselves unsure of it -- marked borderline, or
    listing the label's role as borderline);
 4. the summary again with each head whose oracle label is at an edge judged by the oracle at 2048 rows,
-   where ``<out>/oracle_2048/<name>.json`` holds one (``edges_remeasured_at_2048_rows``).
+   where ``<out>/oracle_2048/<name>.json`` holds one (``edges_remeasured_at_2048_rows``);
+5. the literal done-when checks with the oracle itself in the labeller's place, its 512-row labels judged by
+   its 2048-row ones (``reference_against_itself``): can the reference meet the literal reading?
 
 Each model's oracle result is cached in ``<out>/oracle/<name>.json`` and its comparison written to
 ``<out>/models/<name>.json`` as soon as it is done, so a run that is stopped resumes where it was
@@ -248,36 +250,81 @@ def done_when(rows: list[dict], out: dict) -> dict:
     done-when, read two ways"): ``literal`` over every head, and ``oracle_decisive`` with the heads whose
     oracle label is at an edge (``oracle_at_edge``; for the reads check ``oracle_reads_at_edge``) set apart
     and the stability check over the labellings that are sure of the head."""
-    def pr_met(sub):
-        return all(_pr(sub, lab)["precision"] in (1.0, None) and _pr(sub, lab)["recall"] in (1.0, None)
-                   for lab in ROLE_LABELS)
-
-    def frac(a, b):
-        return [a == b, f"{a}/{b}"]
-
     decisive = [h for h in rows if not h.get("oracle_at_edge")]
-    result = {}
-    for name, sub in (("literal", rows), ("oracle_decisive", decisive)):
-        strong = [h for h in sub if h["oracle_effect"] >= STRONG]
-        copies = [h for h in sub if h.get("oracle_kind") == "copy"]
-        multi = [h for h in sub if h.get("oracle_reads") is not None
-                 and (name == "literal" or not h.get("oracle_reads_at_edge"))]
-        below = _below_threshold_not_borderline(sub)
-        result[name] = {
-            "heads": len(sub),
-            "strong_shift_broadcast_precision_recall_1": [pr_met(strong), f"{len(strong)} strong heads"],
-            "strong_heads_not_borderline": frac(sum(not h["borderline"] for h in strong), len(strong)),
-            "below_threshold_role_only_if_borderline": [not below, below],
-            "borderline_at_most_10_percent": [out["borderline_fraction"] <= 0.1, round(out["borderline_fraction"], 3)],
-            "oracle_copies_labelled_copy": frac(sum(h["kind"] == "copy" for h in copies), len(copies)),
-            "reads_agree": frac(sum(_reads_agree(h) for h in multi), len(multi)),
-        }
+    result = {"literal": _checks(rows, out["borderline_fraction"], reads_at_edge_too=True),
+              "oracle_decisive": _checks(decisive, out["borderline_fraction"], reads_at_edge_too=False)}
     st = out["stability"]
-    result["literal"]["stable_unless_borderline"] = frac(st["same_label_on_every_batch_and_size"],
-                                                         st["non_borderline_heads"])
-    result["oracle_decisive"]["stable_unless_borderline"] = frac(st["no_sure_labelling_contradicts"],
-                                                                 st["non_borderline_heads"])
+    result["literal"]["stable_unless_borderline"] = _frac(st["same_label_on_every_batch_and_size"],
+                                                          st["non_borderline_heads"])
+    result["oracle_decisive"]["stable_unless_borderline"] = _frac(st["no_sure_labelling_contradicts"],
+                                                                  st["non_borderline_heads"])
     return result
+
+
+def _frac(a: int, b: int) -> list:
+    return [a == b, f"{a}/{b}"]
+
+
+def _checks(sub: list[dict], borderline_fraction: float, *, reads_at_edge_too: bool) -> dict:
+    """The done-when checks but stability over the rows ``sub``, each ``[met, figure]``."""
+    strong = [h for h in sub if h["oracle_effect"] >= STRONG]
+    copies = [h for h in sub if h.get("oracle_kind") == "copy"]
+    multi = [h for h in sub if h.get("oracle_reads") is not None
+             and (reads_at_edge_too or not h.get("oracle_reads_at_edge"))]
+    below = _below_threshold_not_borderline(sub)
+    pr_met = all(_pr(strong, lab)[k] in (1.0, None) for lab in ROLE_LABELS for k in ("precision", "recall"))
+    return {
+        "heads": len(sub),
+        "strong_shift_broadcast_precision_recall_1": [pr_met, f"{len(strong)} strong heads"],
+        "strong_heads_not_borderline": _frac(sum(not h["borderline"] for h in strong), len(strong)),
+        "below_threshold_role_only_if_borderline": [not below, below],
+        "borderline_at_most_10_percent": [borderline_fraction <= 0.1, round(borderline_fraction, 3)],
+        "oracle_copies_labelled_copy": _frac(sum(h["kind"] == "copy" for h in copies), len(copies)),
+        "reads_agree": _frac(sum(_reads_agree(h) for h in multi), len(multi)),
+    }
+
+
+def reference_against_itself(models: list[dict], cache_512: Path, cache_2048: Path) -> dict | None:
+    """The literal done-when checks (all but stability) with the oracle itself in the labeller's place
+    (``oracle``): its 512-row labels judged against its own 2048-row labels, on every head of the models that have both
+    (``oracle/`` and ``oracle_2048/``: the models with an edge head). The oracle's "borderline" is its
+    ``at_edge`` (a test passed or failed by less than ``NEAR`` = 0.02, the issue's smallest margin), so this
+    asks whether the reference, held to the issue's own definitions, meets the literal reading;
+    ``labeller`` gives the labeller's checks on the same heads against the same 2048-row labels;
+    ``strong_at_an_edge_at_2048_rows`` the strong heads whose 2048-row label is still within ``NEAR`` of a
+    threshold (the issue's margin is at least 0.02, so these are borderline by its own definition). None
+    when no model has both."""
+    rows, mine = [], []
+    for m in models:
+        small, big = (_oracle_cache(d / f"{m['name']}.json") for d in (cache_512, cache_2048))
+        for h in m["heads"]:
+            if h["head"] in small and h["head"] in big:
+                s, truth = _oracle_fields(small[h["head"]]), _oracle_fields(big[h["head"]])
+                rows.append(dict(truth, model=m["name"], head=h["head"], label=s["oracle_label"], kind=s["oracle_kind"],
+                                 key=s["oracle_key"], borderline=bool(small[h["head"]].get("at_edge")),
+                                 reads=s["oracle_reads"], edge_2048=big[h["head"]].get("at_edge")))
+                mine.append(dict(h, **truth))
+    if not rows:
+        return None
+
+    def checks(sub):
+        return _checks(sub, sum(h["borderline"] for h in sub) / len(sub), reads_at_edge_too=True)
+
+    return dict(models=len({h["model"] for h in rows}), heads=len(rows), oracle=checks(rows), labeller=checks(mine),
+                strong_at_an_edge_at_2048_rows=[f"{h['model']}:{h['head']} {h['oracle_key']} ({h['oracle_effect']:.2f}): "
+                                                + "; ".join(h["edge_2048"]) for h in rows
+                                                if h["oracle_effect"] >= STRONG and h["edge_2048"]],
+                disagreements=[f"{h['model']}:{h['head']} 512 rows {h['key']}{'~' if h['borderline'] else ''} "
+                               f"2048 rows {h['oracle_key']} ({h['oracle_effect']:.2f})"
+                               for h in rows if _coarse(h["key"]) != _coarse(h["oracle_key"])])
+
+
+def _oracle_cache(path: Path) -> dict:
+    """An oracle result file's heads by name ({} when absent): ``{"heads": {...}}`` or a list of heads."""
+    if not path.is_file():
+        return {}
+    heads = json.loads(path.read_text()).get("heads", {})
+    return {x["head"]: x for x in heads} if isinstance(heads, list) else heads  # oracle_heads.py --json: a list
 
 
 def attach_oracle_edges(models: list[dict], cache_dir: Path) -> None:
@@ -286,8 +333,7 @@ def attach_oracle_edges(models: list[dict], cache_dir: Path) -> None:
     whether its anchor reads sit at an edge as ``oracle_reads_at_edge`` (multi-anchor tasks)."""
     reads_at_edge = _oracle_module().reads_at_edge
     for m in models:
-        path = cache_dir / f"{m['name']}.json"
-        heads = json.loads(path.read_text()).get("heads", {}) if path.is_file() else {}
+        heads = _oracle_cache(cache_dir / f"{m['name']}.json")
         for h in m["heads"]:
             o = heads.get(h["head"], {})
             h["oracle_at_edge"] = o.get("at_edge")
@@ -311,10 +357,7 @@ def remeasure_edges(models: list[dict], cache_dir: Path) -> tuple[list[dict], di
     edge heads, re-measured, whose oracle label changed (``oracle_key``)."""
     out, count = [], {"edge_heads": 0, "remeasured": 0, "oracle_label_changed": []}
     for m in models:
-        path = cache_dir / f"{m['name']}.json"
-        big = json.loads(path.read_text()).get("heads", {}) if path.is_file() else {}
-        if isinstance(big, list):  # oracle_heads.py --json writes a list of heads
-            big = {x["head"]: x for x in big}
+        big = _oracle_cache(cache_dir / f"{m['name']}.json")
         heads = []
         for h in m["heads"]:
             if h.get("oracle_at_edge"):
@@ -371,6 +414,14 @@ def write_table(summary: dict, models: list[dict], path: Path) -> None:
                                 f"{r['borderline']} marked borderline ({r['borderline_where_oracle_clear']} where the "
                                 "oracle is not at an edge)")
                   + f"; disagreements neither borderline nor at an edge: {r['disagree_neither_borderline_nor_edge']}."]
+    ref = summary.get("reference_against_itself")
+    if ref:
+        def checks(d):
+            return "; ".join(f"{k.replace('_', ' ')}: {'yes' if v[0] else 'no'} ({v[1]})" for k, v in d.items()
+                             if k != "heads")
+        lines += ["", f"The oracle in the labeller's place (its 512-row labels judged by its 2048-row labels; "
+                  f"{ref['heads']} heads of {ref['models']} models; at an edge = borderline): {checks(ref['oracle'])}. "
+                  f"The labeller on the same heads, judged by the same labels: {checks(ref['labeller'])}."]
     lines += ["", "| model | accuracy | labeller | oracle |", "|---|---|---|---|"]
     for m in models:
         acc = (m["competence"] or {}).get("competence_accuracy")
@@ -437,6 +488,7 @@ def main(argv=None) -> int:
     summary["seeds"] = args.seeds
     remeasured, count = remeasure_edges(models, args.out / "oracle_2048")
     summary["edges_remeasured_at_2048_rows"] = dict(count, summary=summarise(remeasured))
+    summary["reference_against_itself"] = reference_against_itself(models, args.out / "oracle", args.out / "oracle_2048")
     _atomic_json(args.out / f"summary_seeds{'-'.join(map(str, args.seeds))}.json", summary)
     write_table(summary, models, args.out / f"table_seeds{'-'.join(map(str, args.seeds))}.txt")
     with open(args.out / f"heads_seeds{'-'.join(map(str, args.seeds))}.csv", "w", newline="") as fh:

@@ -169,3 +169,34 @@ def test_the_done_when_is_read_literally_and_with_the_oracles_edge_heads_set_apa
     assert s["literal"]["oracle_copies_labelled_copy"][0] is False
     assert s["oracle_decisive"]["oracle_copies_labelled_copy"][0] is False
     assert s["oracle_decisive"]["strong_shift_broadcast_precision_recall_1"][0] is False
+
+
+def test_the_reference_is_held_to_the_literal_reading_against_its_own_2048_row_labels(vl, tmp_path):
+    """The oracle's 512-row labels, with "at an edge" as its borderline, judged by its 2048-row labels on
+    every head of the models that have both; the labeller's rows judged by the same labels beside it."""
+    import json
+
+    def oracle_file(folder, heads):
+        folder.mkdir(exist_ok=True)
+        (folder / "m.json").write_text(json.dumps({"heads": heads}))
+
+    copy = {"label": "neither", "kind": "copy", "offsets": [], "effect": 0.25, "roles": []}
+    shift = {"label": "shift", "kind": None, "offsets": [-1], "effect": 0.25, "roles": []}
+    oracle_file(tmp_path / "o512", {"L0H0": dict(shift, at_edge=["shift(-1) away"]), "L0H1": dict(copy, at_edge=[])})
+    oracle_file(tmp_path / "o2048", [dict(copy, head="L0H0", at_edge=["shift(-1) fails away by < 0.02"]),
+                                     dict(copy, head="L0H1", at_edge=[])])  # as --json writes it
+    heads = [_head("L0H0", "neither/copy", "neither/copy", 0.25), _head("L0H1", "neither/copy", "neither/copy", 0.25)]
+    models = [{"name": "m", "heads": heads}, {"name": "n", "heads": heads}]  # n: no oracle files
+    ref = vl.reference_against_itself(models, tmp_path / "o512", tmp_path / "o2048")
+    assert (ref["models"], ref["heads"]) == (1, 2)
+    assert ref["oracle"]["strong_heads_not_borderline"] == [False, "1/2"]  # its own edge head is "borderline"
+    assert ref["oracle"]["oracle_copies_labelled_copy"] == [False, "1/2"]
+    assert ref["oracle"]["strong_shift_broadcast_precision_recall_1"][0] is False
+    assert ref["disagreements"] == ["m:L0H0 512 rows shift(-1)~ 2048 rows neither/copy (0.25)"]
+    assert ref["strong_at_an_edge_at_2048_rows"] == ["m:L0H0 neither/copy (0.25): shift(-1) fails away by < 0.02"]
+    assert ref["labeller"]["oracle_copies_labelled_copy"] == [True, "2/2"]
+    assert ref["labeller"]["strong_heads_not_borderline"] == [True, "2/2"]
+    assert vl.reference_against_itself(models, tmp_path / "none", tmp_path / "o2048") is None
+    summary = dict(vl.summarise([dict(models[0], competence={"solved": True})]), reference_against_itself=ref)
+    vl.write_table(summary, [dict(models[0], competence={"solved": True})], tmp_path / "table.txt")
+    assert "strong heads not borderline: no (1/2)" in (tmp_path / "table.txt").read_text()
